@@ -1,0 +1,15 @@
+"""DataLad extension: track XNAT projects in DataLad datasets.
+
+Commands: `datalad xnat-init`, `datalad xnat-update`, `datalad xnat-query-files` (alias
+`xnat-query`). The XNAT access itself (HTTP, credentials, `xnat:` URLs) lives in
+git_annex_remote_xnat; this package only orchestrates DataLad and git-annex.
+"""
+
+from __future__ import annotations
+
+command_suite = (
+    "Track XNAT imaging projects in DataLad datasets",
+    [
+        # (module, class, command name, Python API name)
+    ],
+)
