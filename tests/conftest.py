@@ -1,0 +1,56 @@
+"""Shared fixtures: every test runs in an isolated HOME with a real file keyring.
+
+Nothing here mocks git-annex, DataLad, HTTP or the keyring: tests run the real programs against
+the emulator on loopback. The isolation only keeps a developer's own configuration and secrets out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HOME with a git identity and keyrings.alt's plaintext file keyring.
+
+    git-annex looks its external remote up on PATH, so the venv's bin goes first even when pytest
+    was started without `make`.
+    """
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share"),
+                     ("XDG_CACHE_HOME", ".cache")):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str(home / sub))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    for var in list(os.environ):
+        if var.startswith("DATALAD_CREDENTIAL_") or var.startswith("GIT_AUTHOR_") \
+                or var.startswith("GIT_COMMITTER_"):
+            monkeypatch.delenv(var)
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = XNAT Tester\n\temail = tester@example.org\n"
+        "[init]\n\tdefaultBranch = main\n"
+        "[annex]\n\tsecurity.allowed-ip-addresses = all\n"
+    )
+    return home
+
+
+def run(cmd: list[str], cwd: Path | str | None = None, check: bool = True,
+        **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output; on failure the assertion shows stdout and stderr."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
