@@ -39,7 +39,6 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     (home / ".gitconfig").write_text(
         "[user]\n\tname = XNAT Tester\n\temail = tester@example.org\n"
         "[init]\n\tdefaultBranch = main\n"
-        "[annex]\n\tsecurity.allowed-ip-addresses = all\n"
     )
     return home
 
