@@ -1,0 +1,152 @@
+"""The `xnat:` URL format, both directions, in one place.
+
+An `xnat:` URL names one file on one XNAT server without any secret:
+
+    xnat://<host>[:<port>][<context path>]/<REST path below /data>
+
+    xnat://xnat.example.org/experiments/XNAT_E00001/scans/1/resources/DICOM/files/a/b%20c.dcm
+    xnat://xnat.example.org/experiments/XNAT_E00001/resources/BIDS/files/sub-01/anat/T1w.nii.gz
+    xnat://xnat.example.org/projects/P1/subjects/XNAT_S00001/resources/notes/files/x.txt
+    xnat://xnat.example.org/projects/P1/resources/protocol/files/README.txt
+
+Why this shape:
+* No scheme of its own: whether the server speaks http or https is the special remote's `url=`
+  setting, so a move to https is a configuration change, not a re-registration of every file.
+* The host (and context path) stays in the URL so that one dataset can track several servers and
+  each special remote claims only its own server's URLs.
+* Stable identifiers only: session accession IDs (labels can be renamed), scan IDs, resource
+  labels (the numeric resource id in XNAT's listing URIs changes when a catalog is rebuilt), and
+  the relative path inside the resource, which may contain `/`.
+* Every path segment is percent-encoded (`safe=""`), so the URL has no spaces (annexremote and the
+  protocol's space-separated fields reject them) and `+` travels as `%2B` (XNAT decodes a bare `+`
+  as a space, like Java's URLDecoder). The encoded path is exactly what the REST request needs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+SCHEME = "xnat"
+_PREFIX = SCHEME + "://"
+# What may follow the server part; anything else is not a file URL of ours.
+_TOP_LEVELS = ("experiments/", "projects/")
+# Resource labels are percent-encoded, so they never contain a `/`.
+_RESOURCE_FILES = re.compile(r"/resources/[^/]+/files/(.+)$")
+
+
+class FileLocation(Protocol):
+    """The fields of a file record that locate it (see client.FileRecord)."""
+
+    project: str
+    subject_id: str
+    session_id: str
+    scan_id: str
+    level: str
+    resource: str
+    path: str
+
+
+class XnatUrlError(ValueError):
+    """A string that is not a usable XNAT base URL or xnat: URL."""
+
+
+def normalize_base_url(url: str) -> str:
+    """`HTTPS://Host:443/xnat/` -> `https://host:443/xnat`: the form every module compares.
+
+    Raises XnatUrlError for anything that is not an http(s) URL without query, fragment or
+    credentials, because a secret in `url=` would be stored in git-annex's branch.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise XnatUrlError(
+            f"{url!r} is not an XNAT server URL; give it as http(s)://host[:port][/path]"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise XnatUrlError(
+            "the server URL must not contain a user name or password; "
+            "use --credential and the keyring or DATALAD_CREDENTIAL_* variables instead"
+        )
+    if parts.query or parts.fragment:
+        raise XnatUrlError("the server URL must not have a query (?...) or fragment (#...)")
+    return f"{scheme}://{_server_id(url)}"
+
+
+def _server_id(base_url: str) -> str:
+    """host[:port][/context path], host lower-cased, without trailing slash."""
+    parts = urlsplit(base_url.strip())
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    path = parts.path.rstrip("/")
+    if path.endswith("/data"):  # people paste the REST root; the context path is what is above it
+        path = path[: -len("/data")]
+    return f"{host}{port}{path}"
+
+
+def server_id(base_url: str) -> str:
+    """The server part of this server's xnat: URLs (`host[:port][/context]`)."""
+    return _server_id(normalize_base_url(base_url))
+
+
+def _quote_path(path: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in path.strip("/").split("/"))
+
+
+def _level_path(record: FileLocation) -> str:
+    """REST path (below /data) of the entity that owns the record's resource."""
+    quoted = lambda value: quote(value, safe="")  # noqa: E731
+    if record.level == "scan":
+        return f"experiments/{quoted(record.session_id)}/scans/{quoted(record.scan_id)}"
+    if record.level == "session":
+        return f"experiments/{quoted(record.session_id)}"
+    if record.level == "subject":
+        return f"projects/{quoted(record.project)}/subjects/{quoted(record.subject_id)}"
+    if record.level == "project":
+        return f"projects/{quoted(record.project)}"
+    raise XnatUrlError(f"unknown resource level {record.level!r}")
+
+
+def file_url(base_url: str, record: FileLocation) -> str:
+    """The xnat: URL of one file record on the server at base_url."""
+    resource = record.resource or "NULL"  # XNAT addresses a resource with an empty label as NULL
+    return (
+        f"{_PREFIX}{server_id(base_url)}/{_level_path(record)}"
+        f"/resources/{quote(resource, safe='')}/files/{_quote_path(record.path)}"
+    )
+
+
+def claims(xnat_url: str, base_url: str) -> bool:
+    """Whether xnat_url is a file URL of the server at base_url.
+
+    A pure string test that never raises: git-annex asks it for every URL it registers.
+    """
+    try:
+        prefix = f"{_PREFIX}{server_id(base_url)}/"
+    except (XnatUrlError, ValueError):
+        return False
+    if not xnat_url.startswith(prefix) or any(c.isspace() for c in xnat_url):
+        return False
+    rest = xnat_url[len(prefix):]
+    return rest.startswith(_TOP_LEVELS) and _RESOURCE_FILES.search(rest) is not None
+
+
+def rest_path(xnat_url: str, base_url: str) -> str:
+    """`/data/...` to request for xnat_url, relative to base_url (which carries any context path)."""
+    if not claims(xnat_url, base_url):
+        raise XnatUrlError(f"{xnat_url} is not a file URL of the XNAT server {base_url}")
+    return "/data/" + xnat_url[len(f"{_PREFIX}{server_id(base_url)}/"):]
+
+
+def file_name(xnat_url: str) -> str:
+    """The decoded last path segment: the name git-annex suggests for the file."""
+    return unquote(xnat_url.rstrip("/").rsplit("/", 1)[-1])
+
+
+def relative_file_path(xnat_url: str) -> str:
+    """The decoded path of the file inside its resource (what follows `/resources/<R>/files/`)."""
+    match = _RESOURCE_FILES.search(xnat_url)
+    return unquote(match.group(1)) if match else ""

@@ -1,0 +1,79 @@
+"""The xnat: URL format: both directions, claims, and the encodings XNAT needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from git_annex_remote_xnat import urls
+
+
+@dataclass
+class Rec:
+    project: str = "P1"
+    subject_id: str = "XNAT_S00001"
+    session_id: str = "XNAT_E00001"
+    scan_id: str = "1"
+    level: str = "scan"
+    resource: str = "DICOM"
+    path: str = "a.dcm"
+
+
+BASE = "https://XNAT.example.org/"
+
+
+def test_scan_file_url_round_trip() -> None:
+    url = urls.file_url(BASE, Rec(path="sub dir/a+b#c.dcm"))
+    assert url == ("xnat://xnat.example.org/experiments/XNAT_E00001/scans/1/resources/DICOM"
+                   "/files/sub%20dir/a%2Bb%23c.dcm")
+    assert " " not in url
+    assert urls.claims(url, BASE)
+    assert urls.rest_path(url, BASE) == (
+        "/data/experiments/XNAT_E00001/scans/1/resources/DICOM/files/sub%20dir/a%2Bb%23c.dcm")
+    assert urls.file_name(url) == "a+b#c.dcm"
+    assert urls.relative_file_path(url) == "sub dir/a+b#c.dcm"
+
+
+@pytest.mark.parametrize("level, expected", [
+    ("session", "experiments/XNAT_E00001/resources/R/files/f"),
+    ("subject", "projects/P1/subjects/XNAT_S00001/resources/R/files/f"),
+    ("project", "projects/P1/resources/R/files/f"),
+])
+def test_other_levels(level: str, expected: str) -> None:
+    url = urls.file_url(BASE, Rec(level=level, resource="R", path="f"))
+    assert url == "xnat://xnat.example.org/" + expected
+    assert urls.rest_path(url, BASE) == "/data/" + expected
+
+
+def test_resource_named_files_and_odd_scan_ids() -> None:
+    url = urls.file_url(BASE, Rec(scan_id="BOLD_1", resource="files", path="files/x"))
+    assert "/scans/BOLD_1/" in url
+    assert urls.relative_file_path(url) == "files/x"
+
+
+def test_context_path_port_and_claims_are_per_server() -> None:
+    base = "http://localhost:8080/xnat"
+    url = urls.file_url(base, Rec())
+    assert url.startswith("xnat://localhost:8080/xnat/experiments/")
+    assert urls.claims(url, base)
+    assert urls.claims(url, "https://LOCALHOST:8080/xnat/")  # scheme is not part of identity
+    assert urls.claims(url, "http://localhost:8080/xnat/data")  # a pasted REST root
+    assert not urls.claims(url, "http://localhost:8080")
+    assert not urls.claims(url, "http://localhost:808/xnat")
+    assert not urls.claims(url, "http://other:8080/xnat")
+    assert not urls.claims("https://localhost:8080/xnat/data/x", base)
+    assert not urls.claims(url + " x", base)
+    assert not urls.claims(url, "not a url")  # never raises
+    with pytest.raises(urls.XnatUrlError):
+        urls.rest_path(url, "http://other:8080/xnat")
+
+
+@pytest.mark.parametrize("bad", ["ftp://host", "host.org", "https://u:secret@host", "http://h/?a=1", ""])
+def test_bad_base_urls(bad: str) -> None:
+    with pytest.raises(urls.XnatUrlError):
+        urls.normalize_base_url(bad)
+
+
+def test_normalize_base_url() -> None:
+    assert urls.normalize_base_url(" HTTPS://Host.ORG:8443/xnat/ ") == "https://host.org:8443/xnat"
