@@ -1,0 +1,279 @@
+"""git-annex-remote-xnat: a read-only, URL-claiming git-annex special remote for XNAT.
+
+git-annex starts this program for `get`, `fsck`, `whereis`, `info`, ... (one process per `-J`
+job), so startup stays cheap: `requests` and `keyring` are imported, the credential is looked up
+and the XNAT session is opened only on the first request that needs the server. PREPARE does no
+network and no keyring access.
+
+Files are located by the `xnat:` URLs registered for each key (`GETURLS key xnat:`); the remote
+claims only its own server's URLs, so one dataset can track several XNAT servers. Content is never
+stored or removed through git-annex: STORE and REMOVE fail with a reason.
+
+Configuration (`git annex initremote NAME type=external externaltype=xnat ...`):
+  url=         the XNAT server, e.g. https://xnat.example.org[/context]   (required)
+  credential=  the name of a credential (see credentials.py) or `anonymous`; default: the host.
+               Never a secret. A clone can override it with git config remote.NAME.xnat-credential.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from annexremote import Master, RemoteError, SpecialRemote
+
+from . import __version__
+from .annexversion import GitAnnexVersionError, check_git_annex_version
+from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
+from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
+
+if TYPE_CHECKING:  # the real import is lazy: requests costs 0.2-0.3 s
+    from .client import XnatClient
+
+URL_PREFIX = "xnat:"
+# initremote parameters that would put a secret into git-annex's branch.
+SECRET_LIKE = ("user", "username", "password", "passwd", "token", "secret", "alias")
+READ_ONLY = ("the XNAT special remote is read-only: add files to XNAT with XNAT's own tools, "
+             "then run `datalad xnat-update` to register them")
+# Extension words that only git-annex newer than the floor (10.20230407) announces.
+NEW_ENOUGH_EXTENSIONS = ("UNAVAILABLERESPONSE", "TRANSFER-RETRIEVE-URL", "CHECKPRESENT-URL")
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def fail(message: str) -> RemoteError:
+    """A RemoteError whose text is one line: git-annex's protocol is line based."""
+    return RemoteError(one_line(message))
+
+
+def parse_key(key: str) -> tuple[int | None, str | None]:
+    """(size, md5) from a git-annex key; md5 only for MD5 and MD5E keys.
+
+    `MD5E-s1024--0123...cdef.nii.gz` -> (1024, '0123...cdef'); `VURL-s10--xnat...` -> (10, None).
+    """
+    fields, _, name = key.partition("--")
+    backend, *rest = fields.split("-")
+    size = next((int(f[1:]) for f in rest if f.startswith("s") and f[1:].isdigit()), None)
+    md5 = None
+    if backend in ("MD5", "MD5E"):
+        candidate = name.split(".", 1)[0] if backend == "MD5E" else name
+        if re.fullmatch(r"[0-9a-fA-F]{32}", candidate):
+            md5 = candidate.lower()
+    return size, md5
+
+
+class XnatRemote(SpecialRemote):
+    """The special remote; see the module docstring."""
+
+    def __init__(self, annex: Master) -> None:
+        super().__init__(annex)
+        self.configs = {
+            "url": "XNAT server URL, e.g. https://xnat.example.org (required)",
+            "credential": "credential name (DataLad env/git config/keyring) or 'anonymous'; "
+                          "default: the server's host name; never a secret",
+        }
+        self._base_url: str | None = None
+        self._credential_name: str | None = None
+        self._client: XnatClient | None = None
+
+    # ------------------------------------------------------------ configuration
+
+    def initremote(self) -> None:
+        """Validate and store url= and credential=; no network, idempotent (also enableremote)."""
+        self._check_git_annex(force=True)
+        for name in SECRET_LIKE:
+            if self.annex.getconfig(name):
+                raise fail(f"do not pass {name}= to initremote: it would be stored in the "
+                           "git-annex branch; pass credential=NAME and " + how_to_provide("NAME"))
+        raw_url = self.annex.getconfig("url")
+        if not raw_url:
+            raise fail("url= is required, e.g. `git annex initremote xnat type=external "
+                       "externaltype=xnat url=https://xnat.example.org encryption=none`")
+        try:
+            base_url = normalize_base_url(raw_url)
+        except XnatUrlError as exc:
+            raise fail(str(exc)) from exc
+        encryption = self.annex.getconfig("encryption")
+        if encryption not in ("", "none"):
+            raise fail(f"encryption={encryption} is not supported: XNAT holds the files "
+                       "unencrypted; use encryption=none")
+        for name in ("chunk", "chunksize"):
+            if self.annex.getconfig(name):
+                raise fail(f"{name}= is not supported: XNAT files are fetched whole")
+        credential = self.annex.getconfig("credential") or default_credential_name(base_url)
+        if any(c.isspace() for c in credential) or ":" in credential:
+            raise fail(f"credential= takes a credential name such as {default_credential_name(base_url)} "
+                       "or anonymous, not a user:password pair")
+        self.annex.setconfig("url", base_url)
+        self.annex.setconfig("credential", credential)
+
+    def prepare(self) -> None:
+        """Cheap: read the configuration only. The server is contacted on first use."""
+        self._check_git_annex(force=False)
+        raw_url = self.annex.getconfig("url")
+        if not raw_url:
+            raise fail("this remote has no url= setting; run `git annex enableremote NAME "
+                       "url=https://xnat.example.org`")
+        try:
+            self._base_url = normalize_base_url(raw_url)
+        except XnatUrlError as exc:
+            raise fail(str(exc)) from exc
+        self._credential_name = self.annex.getconfig("credential") or \
+            default_credential_name(self._base_url)
+
+    def _check_git_annex(self, force: bool) -> None:
+        extensions = getattr(getattr(self.annex, "protocol", None), "extensions", []) or []
+        if not force and any(word in extensions for word in NEW_ENOUGH_EXTENSIONS):
+            return  # the announced extensions already prove a new enough git-annex
+        try:
+            check_git_annex_version()
+        except GitAnnexVersionError as exc:
+            raise fail(str(exc)) from exc
+
+    @property
+    def info(self) -> dict[str, str]:  # GETINFO (annexremote reads this attribute)
+        return {"server": self._base_url or self.annex.getconfig("url") or "?",
+                "credential": self._effective_credential_name(),
+                "remote": f"git-annex-remote-xnat {__version__}, read-only"}
+
+    @info.setter
+    def info(self, value: Any) -> None:  # SpecialRemote.__init__ assigns {}
+        pass
+
+    def getavailability(self) -> str:
+        return "global"
+
+    # ------------------------------------------------------------ the server
+
+    def _effective_credential_name(self) -> str:
+        """credential= of the remote, unless this clone sets remote.<name>.xnat-credential."""
+        name = self._credential_name or self.annex.getconfig("credential") or ANONYMOUS
+        try:
+            remote_name = self.annex.getgitremotename()
+        except Exception:  # noqa: BLE001 - extension missing or not answered: keep the default
+            return name
+        try:
+            override = subprocess.run(
+                ["git", "config", "--get", f"remote.{remote_name}.xnat-credential"],
+                capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            override = ""
+        return override or name
+
+    def _client_for_use(self) -> XnatClient:
+        if self._client is None:
+            from .client import XnatClient
+
+            if self._base_url is None:
+                self.prepare()
+            name = self._effective_credential_name()
+            self._credential_name = name
+            credential = lookup_credential(name)
+            if credential is None:
+                raise fail(f"no credential '{name}' for {self._base_url}: " + how_to_provide(name))
+            self._client = XnatClient(self._base_url, credential)
+        return self._client
+
+    def _claimed_urls(self, key: str) -> list[str]:
+        base = self._base_url or ""
+        return [url for url in self.annex.geturls(key, URL_PREFIX) if claims(url, base)]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------ requests
+
+    def claimurl(self, url: str) -> bool:
+        """A pure string test: is this an xnat: file URL of our server? Never raises."""
+        try:
+            base = self._base_url or self.annex.getconfig("url")
+            return bool(base) and claims(url, base)
+        except Exception:  # noqa: BLE001 - an exception here would kill the process
+            return False
+
+    def checkurl(self, url: str) -> list[dict[str, Any]]:
+        from .client import XnatError
+
+        try:
+            status = self._client_for_use().file_status(rest_path(url, self._base_url))
+        except (XnatError, XnatUrlError) as exc:
+            raise fail(str(exc)) from exc
+        if status.exists is None:
+            raise fail(status.detail or f"cannot tell whether {url} exists")
+        if not status.exists:
+            raise fail(f"{url} does not exist on {self._base_url} (HTTP 404), or this credential "
+                       "cannot see it")
+        return [{"size": status.size if status.size is not None else "UNKNOWN",
+                 "filename": file_name(url)}]
+
+    def transfer_retrieve(self, key: str, filename: str) -> None:
+        from .client import NotFoundError, XnatError
+
+        urls = self._claimed_urls(key)
+        if not urls:
+            raise fail(f"no xnat: URL of {self._base_url} is registered for {key}; "
+                       "run `datalad xnat-update` to register the files")
+        size, md5 = parse_key(key)
+        client = self._client_for_use()
+        errors = []
+        for url in urls:
+            try:
+                client.download(rest_path(url, self._base_url), filename, size=size, md5=md5,
+                                progress=self.annex.progress)
+                return
+            except NotFoundError as exc:  # another registered URL may still have it
+                errors.append(str(exc))
+            except (XnatError, XnatUrlError) as exc:
+                raise fail(str(exc)) from exc
+        raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
+
+    def checkpresent(self, key: str) -> bool:
+        """True on proof (a 200 HEAD of the right size), False on 404, RemoteError otherwise."""
+        urls = self._claimed_urls(key)
+        if not urls:
+            return False
+        size, _ = parse_key(key)
+        client = self._client_for_use()
+        unknown = []
+        for url in urls:
+            try:
+                status = client.file_status(rest_path(url, self._base_url))
+            except XnatUrlError as exc:
+                unknown.append(str(exc))
+                continue
+            if status.exists and (size is None or status.size is None or status.size == size):
+                return True
+            if status.exists is None:
+                unknown.append(status.detail)
+        if unknown:
+            raise fail(unknown[0])
+        return False
+
+    def transfer_store(self, key: str, filename: str) -> None:
+        raise fail(READ_ONLY)
+
+    def remove(self, key: str) -> None:
+        raise fail(READ_ONLY + "; nothing was removed from XNAT")
+
+
+def main() -> None:
+    """Console script `git-annex-remote-xnat`: speak the protocol on the real stdout only."""
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr  # a stray print must never corrupt the protocol
+    master = Master(protocol_out)
+    remote = XnatRemote(master)
+    master.LinkRemote(remote)
+    try:
+        master.Listen(sys.stdin)
+    finally:
+        remote.close()
+
+
+if __name__ == "__main__":
+    main()
