@@ -1,0 +1,383 @@
+"""Where each XNAT file goes in the dataset: pathfmt parsing, rendering, sanitising, subdatasets.
+
+A *pathfmt* names the folders a file of a scan resource is put in, e.g. the default
+``{subject}/{session}/{scan}/``. The file's relative path inside its resource (nested folders
+kept) follows the rendered folders. ``//`` instead of ``/`` marks a subdataset boundary: with
+``{subject}//{session}/{scan}/`` every subject becomes its own DataLad dataset.
+
+Placeholders (labels are what users see in XNAT's UI, IDs are accession numbers):
+
+=============== ===============================================
+``{project}``   project ID
+``{subject}``   subject label            ``{subject_id}`` subject accession ID
+``{session}``   session (experiment) label ``{session_id}`` session accession ID
+``{scan}``      scan ID                  ``{scan_type}`` scan type
+``{resource}``  resource label (``DICOM``, ``NIFTI``, ...)
+=============== ===============================================
+
+Resources that do not belong to a scan (session-, subject- and project-level resources) have no
+scan (or session, or subject), so their folders are the pathfmt cut before the first segment that
+uses a placeholder they lack (or ``{resource}``), followed by ``resources/<resource label>/``.
+With the default pathfmt::
+
+    SUBJ01/SUBJ01_MR1/1/file.dcm                  scan 1, any resource
+    SUBJ01/SUBJ01_MR1/resources/BIDS/sub-01/...   session resource BIDS
+    SUBJ01/resources/notes/x.txt                  subject resource notes
+    resources/protocol/README.txt                 project resource protocol
+
+That layout is collision-free by construction: a rendered segment that would itself be
+``resources`` (a scan with ID ``resources``) becomes ``resources_``. Anything that still renders
+two files to one path (a pathfmt without ``{resource}`` and two resources with the same file
+name, say) is reported by :class:`CollisionTracker`.
+
+Why sanitise: XNAT labels are free text. A ``/`` in a label must not create folders, and no label
+or file name may lead out of the dataset or into ``.git``/``.datalad``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from array import array
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+PLACEHOLDERS = ("project", "subject", "session", "subject_id", "session_id", "scan",
+                "scan_type", "resource")
+DEFAULT_PATHFMT = "{subject}/{session}/{scan}/"
+RESOURCES_DIR = "resources"
+
+# Placeholders a record of each level lacks (a non-scan record's folders stop before them).
+_UNAVAILABLE = {
+    "scan": frozenset(),
+    "session": frozenset({"scan", "scan_type", "resource"}),
+    "subject": frozenset({"scan", "scan_type", "resource", "session", "session_id"}),
+    "project": frozenset({"scan", "scan_type", "resource", "session", "session_id",
+                          "subject", "subject_id"}),
+}
+# Names that must never appear as a path segment: they would change how git or DataLad treat
+# the dataset (.git, .gitattributes, ...) or overwrite DataLad's own files.
+_FORBIDDEN_SEGMENTS = frozenset({".git", ".datalad", ".gitattributes", ".gitmodules",
+                                 ".gitignore", ".annex"})
+
+
+class LayoutError(ValueError):
+    """A pathfmt, label or file name that cannot be placed in the dataset; the message says why."""
+
+
+class Locatable(Protocol):
+    """The fields of git_annex_remote_xnat.client.FileRecord that the layout reads."""
+
+    project: str
+    subject_id: str
+    subject_label: str
+    session_id: str
+    session_label: str
+    scan_id: str
+    scan_type: str
+    level: str
+    resource: str
+    path: str
+
+
+def sanitize_label(value: str) -> str:
+    """A label made safe to be (part of) one path segment.
+
+    `/` and `\\` (folder separators), control characters and NUL become `_`; a leading `.` becomes
+    `_` so that no label can name `.git`, `.datalad` or `..`.
+    """
+    cleaned = "".join("_" if (ch in "/\\" or ord(ch) < 32 or ord(ch) == 127) else ch
+                      for ch in value)
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]
+    return cleaned
+
+
+def check_relative_path(path: str) -> list[str]:
+    """The segments of a file's path inside its resource, or LayoutError if it is unsafe.
+
+    Unlike labels, file paths are not rewritten: a file called `../x` or `.git/config` is refused,
+    because silently renaming it would make the dataset disagree with the server.
+    """
+    if not path or path.startswith("/") or "\\" in path:
+        raise LayoutError(f"file path {path!r} is empty, absolute or has a backslash")
+    segments = path.split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise LayoutError(f"file path {path!r} has an empty, '.' or '..' segment "
+                              "and would leave its folder")
+        if segment in _FORBIDDEN_SEGMENTS:
+            raise LayoutError(f"file path {path!r} would write into {segment}")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in segment):
+            raise LayoutError(f"file path {path!r} contains control characters")
+    return segments
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One folder level of a pathfmt: literal text and placeholders, and whether a `//` ends it."""
+
+    parts: tuple[tuple[str, str | None], ...]   # (literal, placeholder or None)
+    fields: frozenset[str]
+    dataset_boundary: bool                     # a '//' follows: a subdataset starts below it
+
+    def render(self, values: dict[str, str]) -> str:
+        text = "".join(literal + (values[name] if name else "") for literal, name in self.parts)
+        if not self.fields:
+            return text
+        if text == "":
+            return "_"
+        if text == RESOURCES_DIR:  # keep the non-scan resources folder unambiguous
+            return text + "_"
+        if text.startswith("."):
+            return "_" + text[1:]
+        return text
+
+
+@dataclass(frozen=True)
+class RenderedPath:
+    """Where one file goes: `path` from the top dataset, `dataset` the (sub)dataset holding it.
+
+    `dataset` is '' for the top dataset, else a prefix of `path` (without trailing '/').
+    """
+
+    dataset: str
+    path: str
+
+    @property
+    def path_in_dataset(self) -> str:
+        return self.path[len(self.dataset) + 1:] if self.dataset else self.path
+
+
+class PathFormat:
+    """A parsed, validated pathfmt. Construction raises LayoutError with a fix-it message."""
+
+    def __init__(self, pathfmt: str) -> None:
+        self.pathfmt = pathfmt
+        self.segments = self._parse(pathfmt)
+        self.fields = frozenset().union(*(segment.fields for segment in self.segments))
+        # Folder prefixes are shared by many files (one scan resource holds hundreds), so cache
+        # the rendered (dataset, folder) per value tuple. Bounded, to keep memory flat.
+        self._cache: dict[tuple, tuple[str, str]] = {}
+
+    @staticmethod
+    def _parse(pathfmt: str) -> list[_Segment]:
+        if not isinstance(pathfmt, str) or not pathfmt:
+            raise LayoutError("pathfmt is empty; give e.g. '{subject}/{session}/{scan}/'")
+        if not pathfmt.endswith("/"):
+            raise LayoutError(f"pathfmt {pathfmt!r} must end with '/': it names folders, and the "
+                              "file's own path inside its resource follows; "
+                              f"try {pathfmt + '/'!r}")
+        if pathfmt.startswith("/"):
+            raise LayoutError(f"pathfmt {pathfmt!r} must be relative (no leading '/')")
+        if pathfmt.endswith("//"):
+            raise LayoutError(f"pathfmt {pathfmt!r} ends with '//': a subdataset boundary needs "
+                              "a folder below it; write e.g. '{subject}//{session}/'")
+        if "///" in pathfmt:
+            raise LayoutError(f"pathfmt {pathfmt!r} has '///'; use '/' between folders and '//' "
+                              "to start a subdataset")
+        raw_segments = pathfmt[:-1].split("/")
+        segments: list[_Segment] = []
+        formatter = string.Formatter()
+        index = 0
+        while index < len(raw_segments):
+            raw = raw_segments[index]
+            boundary = index + 1 < len(raw_segments) and raw_segments[index + 1] == ""
+            if raw == "":
+                raise LayoutError(f"pathfmt {pathfmt!r} has an empty folder name")
+            parts: list[tuple[str, str | None]] = []
+            try:
+                parsed = list(formatter.parse(raw))
+            except ValueError as exc:
+                raise LayoutError(f"pathfmt {pathfmt!r}: {exc}; write placeholders as {{name}} "
+                                  "and literal braces as {{ and }}") from None
+            for literal, name, spec, conversion in parsed:
+                if name is not None:
+                    if name not in PLACEHOLDERS:
+                        raise LayoutError(
+                            f"pathfmt {pathfmt!r} uses unknown placeholder {{{name}}}; known: "
+                            + ", ".join("{" + p + "}" for p in PLACEHOLDERS))
+                    if spec or conversion:
+                        raise LayoutError(f"pathfmt {pathfmt!r}: placeholder {{{name}}} takes no "
+                                          "format spec or conversion")
+                parts.append((literal, name))
+            fields = frozenset(name for _, name in parts if name)
+            literal_text = "".join(literal for literal, _ in parts)
+            if not fields and (literal_text in (".", "..") or literal_text in _FORBIDDEN_SEGMENTS):
+                raise LayoutError(f"pathfmt {pathfmt!r} has the folder {literal_text!r}, which "
+                                  "would leave the dataset or write into git's or DataLad's files")
+            segments.append(_Segment(tuple(parts), fields, boundary))
+            index += 2 if boundary else 1
+        return segments
+
+    @property
+    def has_subdatasets(self) -> bool:
+        return any(segment.dataset_boundary for segment in self.segments)
+
+    def _values(self, record: Locatable) -> dict[str, str]:
+        return {
+            "project": sanitize_label(record.project),
+            "subject": sanitize_label(record.subject_label or record.subject_id),
+            "subject_id": sanitize_label(record.subject_id),
+            "session": sanitize_label(record.session_label or record.session_id),
+            "session_id": sanitize_label(record.session_id),
+            "scan": sanitize_label(record.scan_id),
+            "scan_type": sanitize_label(record.scan_type),
+            "resource": sanitize_label(record.resource),
+        }
+
+    def folder(self, record: Locatable) -> tuple[str, str]:
+        """(dataset, folder) for a record: the rendered folders with a trailing '/'.
+
+        `dataset` is the deepest subdataset the folder lies in ('' for the top dataset).
+        """
+        level = record.level or "scan"
+        try:
+            unavailable = _UNAVAILABLE[level]
+        except KeyError:
+            raise LayoutError(f"unknown resource level {level!r}") from None
+        cache_key = (level, record.project, record.subject_id, record.subject_label,
+                     record.session_id, record.session_label, record.scan_id, record.scan_type,
+                     record.resource)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        values = self._values(record)
+        folder = ""
+        dataset = ""
+        for segment in self.segments:
+            if segment.fields & unavailable:
+                folder += RESOURCES_DIR + "/" + (_segment_text(values["resource"])) + "/"
+                break
+            folder += segment.render(values) + "/"
+            if segment.dataset_boundary:
+                dataset = folder[:-1]
+        else:
+            if level != "scan":
+                folder += RESOURCES_DIR + "/" + _segment_text(values["resource"]) + "/"
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[cache_key] = (dataset, folder)
+        return dataset, folder
+
+    def render(self, record: Locatable) -> RenderedPath:
+        """Where `record` goes; LayoutError if its relative path is unsafe."""
+        check_relative_path(record.path)
+        dataset, folder = self.folder(record)
+        return RenderedPath(dataset, folder + record.path)
+
+    def datasets(self, dataset: str) -> list[str]:
+        """The chain of datasets from the top down to `dataset` (which it ends with), without ''."""
+        if not dataset:
+            return []
+        chain = []
+        folder = ""
+        parts = dataset.split("/")
+        # A dataset path is a prefix ending at a boundary; rebuild prefixes segment by segment.
+        for segment, part in zip(self.segments, parts):
+            folder = f"{folder}/{part}" if folder else part
+            if segment.dataset_boundary:
+                chain.append(folder)
+        return chain
+
+
+def _segment_text(label: str) -> str:
+    return label if label not in ("", ".", "..") else "_" + label
+
+
+# ---------------------------------------------------------------------------------------------
+# git-annex's MD5E key extension
+
+
+def md5e_extension(filename: str, max_length: int = 4, max_extensions: int = 2) -> str:
+    """The extension git-annex's MD5E backend puts on a key for a file called `filename`.
+
+    Matches git-annex 10.2026 (checked with `git annex calckey --backend=MD5E`): leading dots
+    belong to the name; of the dot-separated parts after it, taken from the end while each is at
+    most `max_length` bytes (annex.maxextensionlength), keep the ones made of ASCII letters and
+    digits or non-ASCII bytes, take the last `max_extensions` (annex.maxextensions), drop empty
+    ones. `README` -> '', `a.nii.gz` -> '.nii.gz', `x.tar.gz.md5` -> '.gz.md5',
+    `a.tar.gz ` -> '.tar' (the part with a space is skipped, not a stop).
+    """
+    name = filename.rsplit("/", 1)[-1].encode("utf-8", "surrogateescape").lstrip(b".")
+    parts = name.split(b".")[1:]
+    if not parts:
+        return ""
+    kept: list[bytes] = []
+    for part in reversed(parts):
+        if len(part) > max_length:
+            break
+        if all(byte >= 0x80 or chr(byte).isalnum() for byte in part):
+            kept.append(part)
+    chosen = [part for part in reversed(kept[:max_extensions]) if part]
+    if not chosen:
+        return ""
+    return "." + b".".join(chosen).decode("utf-8", "surrogateescape")
+
+
+def md5e_key(size: int, md5: str, filename: str, max_length: int = 4,
+             max_extensions: int = 2) -> str:
+    """`MD5E-s<size>--<md5><ext>` for a file whose digest the server already knows."""
+    return f"MD5E-s{int(size)}--{md5.lower()}{md5e_extension(filename, max_length, max_extensions)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# collision checks in flat memory
+
+
+def path_hash(path: str) -> int:
+    """A 64-bit fingerprint of a path, so a million paths cost 8 bytes each, not a str each."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "little")
+
+
+class CollisionTracker:
+    """Finds files that render to one path, and files that would sit where a folder must be.
+
+    Paths are remembered as 64-bit fingerprints in an `array` (8 bytes per file), folders in a set
+    (there are few: one per scan resource, roughly). `duplicates()` gives the fingerprints seen
+    twice; the caller names the records behind them in a second pass over its spool.
+    """
+
+    def __init__(self) -> None:
+        self._files = array("Q")
+        self._folders: set[int] = set()
+        self._last_folder = ""
+
+    def add(self, path: str) -> int:
+        fingerprint = path_hash(path)
+        self._files.append(fingerprint)
+        folder = path.rsplit("/", 1)[0] if "/" in path else ""
+        if folder != self._last_folder:
+            self._last_folder = folder
+            while folder:
+                fp = path_hash(folder)
+                if fp in self._folders:
+                    break
+                self._folders.add(fp)
+                folder = folder.rsplit("/", 1)[0] if "/" in folder else ""
+        return fingerprint
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def duplicates(self) -> set[int]:
+        """Fingerprints used by two files, or by a file and a folder."""
+        ordered = sorted(self._files)
+        clashes = {a for a, b in zip(ordered, ordered[1:]) if a == b}
+        clashes.update(fp for fp in ordered if fp in self._folders)
+        return clashes
+
+
+def describe_collisions(paths_and_sources: Iterable[tuple[str, str]], limit: int = 10) -> str:
+    """One message naming the clashing paths and what they come from, with the fix to try."""
+    lines = []
+    for index, (path, source) in enumerate(sorted(paths_and_sources)):
+        if index == limit:
+            lines.append("...")
+            break
+        lines.append(f"{path} <- {source}")
+    return ("several files render to the same path (or a file to a folder): "
+            + "; ".join(lines)
+            + ". Add {resource} (and perhaps {scan}) to --pathfmt, e.g. "
+              "'{subject}/{session}/{scan}/{resource}/'")
