@@ -301,6 +301,7 @@ class XnatClient:
         self.credential = credential
         self.timeout = timeout
         self.retries = retries
+        self.backoff_factor = backoff_factor
         self.download_attempts = max(1, download_attempts)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
@@ -337,7 +338,14 @@ class XnatClient:
         self._session.cookies.clear()
         url = self._url("/data/JSESSION")
         auth = None if self.anonymous else (self.credential.user, self.credential.password)
-        response = self._send("POST", url, auth=auth or (lambda r: r))
+        # urllib3 retries only idempotent methods; logging in again is harmless (at worst an
+        # extra server session that idles out), so 429/5xx answers to it are retried here.
+        for attempt in range(self.retries + 1):
+            response = self._send("POST", url, auth=auth or (lambda r: r))
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                break
+            response.close()
+            time.sleep(min(self.backoff_factor * 2 ** attempt, 10))
         try:
             if response.status_code == 401:
                 raise self._auth_error(response, url)
@@ -413,11 +421,20 @@ class XnatClient:
         for attempt in range(2):
             generation = self._generation
             response = self._send(method, url, params=params, stream=stream)
-            if response.status_code != 401 or attempt == 1:
+            if attempt == 1 or not self._session_refused(response, rest_path):
                 return response
             response.close()
             self._renew(generation)
         return response  # pragma: no cover
+
+    @staticmethod
+    def _session_refused(response: requests.Response, rest_path: str) -> bool:
+        """401, or the 200 login page some servers and proxies send instead of a 401."""
+        if response.status_code == 401:
+            return True
+        return (200 <= response.status_code < 300
+                and "text/html" in response.headers.get("Content-Type", "").lower()
+                and not _is_html_name(rest_path.split("?", 1)[0]))
 
     def _auth_hint(self) -> str:
         if self.anonymous:
@@ -571,7 +588,9 @@ class XnatClient:
         if not experiment:
             subject_paths = {sid: f"/data/projects/{quote(project, safe='')}/subjects/{quote(sid, safe='')}"
                              for sid in subjects}
-            by_subject = self._batched_level_files(subject_paths, f"/data/projects/{quote(project, safe='')}/subjects/")
+            by_subject = self._batched_level_files(
+                subject_paths, f"/data/projects/{quote(project, safe='')}/subjects/",
+                aliases={s.label: sid for sid, s in subjects.items()})
             for sid, subj in subjects.items():
                 for remote_file in by_subject.get(sid, []):
                     record = FileRecord(project, sid, subj.label, "", "", "", "", "subject",
@@ -631,7 +650,8 @@ class XnatClient:
         except NotFoundError:
             return []
 
-    def _batched_level_files(self, paths: dict[str, str], prefix: str) -> dict[str, list[RemoteFile]]:
+    def _batched_level_files(self, paths: dict[str, str], prefix: str,
+                             aliases: dict[str, str] | None = None) -> dict[str, list[RemoteFile]]:
         """Files of many sessions' (or subjects') own resources, ID_BATCH IDs per request.
 
         XNAT accepts a comma list of IDs in the path; the owner of each row is read from its URI.
@@ -656,7 +676,8 @@ class XnatClient:
             owner_kind = "experiments" if prefix.endswith("/experiments/") else "subjects"
             for remote_file in rows:
                 owner = unquote(_uri_part(remote_file.uri, owner_kind))
-                if owner not in paths:  # the server may name a subject by label in the URI
+                owner = (aliases or {}).get(owner, owner)  # a URI may name a subject by label
+                if owner not in paths:
                     continue
                 found.setdefault(owner, []).append(remote_file)
         return found
