@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv test demo bench emulator clean
 
@@ -24,7 +25,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m benchmarks.run
+	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
 
 emulator: $(STAMP)
 	$(VENV)/bin/python -m xnat_emulator --demo

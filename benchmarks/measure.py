@@ -1,0 +1,244 @@
+"""Timing and peak memory of one command and its process tree.
+
+`measure(cmd, ...)` runs a command and returns a Measurement:
+
+* wall: wall-clock seconds from start to exit;
+* tree_maxrss: from `os.wait4`, i.e. getrusage(RUSAGE_BOTH) of the child as the kernel folds its
+  waited-for descendants in: the peak RSS of the largest single process in the tree (the kernel
+  keeps a maximum, not a sum);
+* by_kind: a poller reads /proc every `poll` seconds, finds every descendant (by parent pid) and
+  keeps each process's own high-water mark (`VmHWM`, itself a kernel-maintained peak, so sparse
+  polling still sees a process's true peak as long as it is sampled once near its end). Processes are
+  grouped by kind: "python" (the command itself, DataLad), "git-annex", "git", "remote" (special
+  remote programs), "other". For each kind: the largest single-process peak, and the peak of the
+  sum of that kind's concurrent RSS as sampled;
+* total_rss_peak: the peak of the sampled sum over the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Measurement:
+    cmd: list[str]
+    wall: float
+    returncode: int
+    tree_maxrss: int = 0  # KiB
+    by_kind: dict = field(default_factory=dict)  # kind -> {"max_proc": KiB, "sum_peak": KiB, "n": procs}
+    total_rss_peak: int = 0  # KiB
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def _kind(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "other"
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not argv:
+        return "other"
+    exe = os.path.basename(argv[0])
+    joined = " ".join(argv[:3])
+    if "git-annex-remote" in joined:
+        return "remote"
+    if exe.startswith("git-annex") or exe == "git-annex":
+        return "git-annex"
+    if exe.startswith("python") and len(argv) > 1 and "git-annex" in argv[1] \
+            and "git-annex-remote" not in argv[1]:
+        return "git-annex"  # the wheel's Python shim that execs the binary
+    if exe == "git" or exe.startswith("git-"):
+        if len(argv) > 1 and argv[1] == "annex":
+            return "git-annex"
+        return "git"
+    if exe.startswith("python") or exe == "datalad":
+        return "python"
+    return "other"
+
+
+def _status_kib(pid: int, field_name: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field_name):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: split after the last ')'
+        rest = stat[stat.rfind(")") + 2:].split()
+        if len(rest) < 2:
+            continue
+        children.setdefault(int(rest[1]), []).append(int(entry.name))
+    return children
+
+
+def _descendants(root: int) -> list[int]:
+    tree = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(tree.get(pid, ()))
+    return out
+
+
+class _Poller(threading.Thread):
+    def __init__(self, root: int, interval: float):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.stop = threading.Event()
+        self.hwm: dict[int, int] = {}  # pid -> last seen VmHWM
+        self.kinds: dict[int, str] = {}
+        self.sum_peak: dict[str, int] = {}
+        self.total_peak = 0
+
+    def sample(self) -> None:
+        sums: dict[str, int] = {}
+        total = 0
+        for pid in _descendants(self.root):
+            rss = _status_kib(pid, "VmRSS:")
+            hwm = _status_kib(pid, "VmHWM:")
+            if rss is None:
+                continue
+            if pid not in self.kinds or self.kinds[pid] == "other":
+                # a process may exec (shim -> binary): re-classify until it settles
+                self.kinds[pid] = "python" if pid == self.root and _kind(pid) == "other" \
+                    else _kind(pid)
+            kind = self.kinds[pid]
+            if hwm is not None:
+                self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
+            sums[kind] = sums.get(kind, 0) + rss
+            total += rss
+        for kind, value in sums.items():
+            self.sum_peak[kind] = max(self.sum_peak.get(kind, 0), value)
+        self.total_peak = max(self.total_peak, total)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(self.interval)
+
+    def by_kind(self) -> dict:
+        out: dict[str, dict] = {}
+        for pid, hwm in self.hwm.items():
+            kind = self.kinds.get(pid, "other")
+            entry = out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})
+            entry["max_proc"] = max(entry["max_proc"], hwm)
+            entry["n"] += 1
+        for kind, value in self.sum_peak.items():
+            out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})["sum_peak"] = value
+        return out
+
+
+def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
+            timeout: float | None = None, stdin_path: Path | None = None,
+            poll: float | None = 0.2, log: Path | None = None) -> Measurement:
+    """Run cmd, time it, and record its process tree's memory. Never raises for a failing cmd."""
+    cmd = [str(c) for c in cmd]
+    out_fh = open(log, "w") if log else subprocess.DEVNULL
+    stdin_fh = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    err_path = (log.with_suffix(log.suffix + ".err") if log else None)
+    err_fh = open(err_path, "w") if err_path else subprocess.PIPE
+    start = time.perf_counter()
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin_fh, stdout=out_fh,
+                                stderr=err_fh, start_new_session=True)
+    except OSError as exc:
+        return Measurement(cmd, 0.0, 127, stderr_tail=f"could not start: {exc}")
+    poller = _Poller(proc.pid, poll) if poll else None
+    if poller:
+        poller.start()
+    timed_out = False
+    stderr_data = ""
+    if err_fh is subprocess.PIPE:
+        # drain stderr in a thread so a chatty command cannot block on a full pipe
+        chunks: list[str] = []
+        reader = threading.Thread(
+            target=lambda: chunks.append(proc.stderr.read().decode(errors="replace")), daemon=True)
+        reader.start()
+    deadline = None if timeout is None else start + timeout
+    status, rusage = 0, None
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline and time.perf_counter() > deadline:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, 9)  # the process group we created for this command only
+            except OSError:
+                pass
+            _, status, rusage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if poller:
+        poller.stop.set()
+        poller.join()
+    if err_fh is subprocess.PIPE:
+        reader.join(timeout=5)
+        stderr_data = "".join(chunks)
+    else:
+        err_fh.close()
+        stderr_data = err_path.read_text(errors="replace")[-4000:]
+    if log:
+        out_fh.close()
+        stdout_data = log.read_text(errors="replace")[-4000:]
+    else:
+        stdout_data = ""
+    if stdin_path:
+        stdin_fh.close()
+    return Measurement(
+        cmd=cmd, wall=wall, returncode=proc.returncode,
+        tree_maxrss=rusage.ru_maxrss if rusage else 0,
+        by_kind=poller.by_kind() if poller else {},
+        total_rss_peak=poller.total_peak if poller else 0,
+        stdout_tail=stdout_data[-2000:], stderr_tail=stderr_data[-2000:], timed_out=timed_out,
+    )
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None or value != value:  # NaN
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f} s"
+    if value >= 10:
+        return f"{value:.1f} s"
+    return f"{value:.2f} s"
+
+
+def fmt_kib(kib: int | float | None) -> str:
+    if not kib:
+        return "—"
+    return f"{kib / 1024:,.0f} MiB"

@@ -1,0 +1,172 @@
+"""One measured run of each tool, shared by the scenarios.
+
+Each helper prepares a fresh dataset (untimed), resets the emulator's counters, runs the timed
+command, reads the counters back and checks the outcome (files committed, content present). It
+returns a RunResult and never raises for a failing tool: the error goes into `error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import curlbase, floor, ours, peer
+from ..common import OURS, PEER, BenchError, run_checked
+from ..context import Context, failure
+from ..emulator import EmulatorProcess
+from ..listing import Rec
+from ..measure import Measurement
+
+
+@dataclass
+class RunResult:
+    wall: float | None = None
+    measurement: Measurement | None = None
+    counters: dict | None = None
+    error: str = ""
+    ds: Path | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _count_files(ds: Path, env: dict) -> int:
+    out = run_checked(["git", "-C", str(ds), "ls-files", "--", ".", ":!.datalad",
+                       ":!.gitattributes", ":!**/.gitattributes", ":!**/.datalad"], env).stdout
+    return len(out.splitlines())
+
+
+def _count_missing_content(ds: Path, env: dict) -> int:
+    out = run_checked(["git", "-C", str(ds), "annex", "find", "--not", "--in=here"], env,
+                      timeout=1800).stdout
+    return len(out.splitlines())
+
+
+def _finish(res: RunResult, m: Measurement, emu: EmulatorProcess) -> RunResult:
+    res.measurement = m
+    res.counters = emu.counters()
+    if m.ok:
+        res.wall = m.wall
+    else:
+        res.error = failure(m)
+    return res
+
+
+def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless_fast: bool,
+                ds: Path | None = None, check_content: bool = False,
+                timeout: float | None = None) -> RunResult:
+    """`datalad xnat-update [--reckless fast]` on a fresh dataset (or on ds, for a re-run)."""
+    res = RunResult()
+    env = OURS.env(ctx.home)
+    try:
+        if ds is None:
+            ds = ctx.workdir(label, "ds")
+            ours.create_dataset(ds, emu.url, ctx.home)
+        res.ds = ds
+        emu.reset()
+        m = ctx.timed(label, ours.update_cmd(ds, reckless_fast), env, timeout=timeout)
+        _finish(res, m, emu)
+        if not res.error:
+            got = _count_files(ds, env)
+            if got != n:
+                res.error = f"failed: {got:,} of {n:,} files tracked after the update"
+            elif check_content:
+                missing = _count_missing_content(ds, env)
+                if missing:
+                    res.error = f"failed: {missing:,} of {n:,} files without content"
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
+def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) -> RunResult:
+    """`datalad get -J<jobs> .` after an untimed `xnat-update --reckless fast`."""
+    res = RunResult()
+    env = OURS.env(ctx.home)
+    try:
+        ds = ctx.workdir(label, "ds")
+        ours.create_dataset(ds, emu.url, ctx.home)
+        run_checked(ours.update_cmd(ds, True), env, timeout=ctx.timeout)
+        res.ds = ds
+        emu.reset()
+        m = ctx.timed(label, ours.get_cmd(ds, jobs), env)
+        _finish(res, m, emu)
+        if not res.error:
+            missing = _count_missing_content(ds, env)
+            if missing:
+                res.error = f"failed: {missing:,} of {n:,} files without content"
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
+def peer_update(ctx: Context, emu: EmulatorProcess, n: int, label: str,
+                reckless_fast: bool) -> RunResult:
+    res = RunResult()
+    env = PEER.env(ctx.home)
+    try:
+        ds = ctx.workdir(label, "ds")
+        peer.create_dataset(ds, emu.url, ctx.home)
+        res.ds = ds
+        emu.reset()
+        m = ctx.timed(label, peer.update_cmd(ds, reckless_fast), env)
+        _finish(res, m, emu)
+        if not res.error:
+            got = _count_files(ds, env)
+            if got != n:
+                res.error = f"failed: {got:,} of {n:,} files tracked after the update"
+            elif not reckless_fast:
+                missing = _count_missing_content(ds, env)
+                if missing:
+                    res.error = f"failed: {missing:,} of {n:,} files without content"
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
+def peer_enumerate(ctx: Context, emu: EmulatorProcess, n: int, label: str) -> RunResult:
+    """datalad-xnat's own listing code (its update loop without addurls): requests and time."""
+    res = RunResult()
+    emu.reset()
+    m = ctx.timed(label, peer.enumerate_cmd(emu.url), PEER.env(ctx.home))
+    _finish(res, m, emu)
+    if not res.error:
+        try:
+            listed = int(m.stdout_tail.split()[0])
+            res.info["listed"] = listed
+            if listed != n:
+                res.error = f"failed: listed {listed:,} of {n:,} files"
+        except (ValueError, IndexError):
+            res.error = "failed: no count printed"
+    return res
+
+
+def floor_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str) -> RunResult:
+    res = RunResult()
+    try:
+        work = ctx.workdir(label)
+        ds, cmd, mode = floor.prepare(work, emu.url, records, ctx.home)
+        res.ds, res.info["mode"] = ds, mode
+        emu.reset()
+        m = ctx.timed(label, cmd, OURS.env(ctx.home), cwd=ds)
+        _finish(res, m, emu)
+        if not res.error:
+            problem = floor.check(ds, len(records), ctx.home)
+            if problem:
+                res.error = f"failed: {problem}"
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
+def curl_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str,
+             jobs: int) -> RunResult:
+    res = RunResult()
+    work = ctx.workdir(label)
+    cmd, dest = curlbase.prepare(work, emu.url, records, jobs)
+    emu.reset()
+    m = ctx.timed(label, cmd, OURS.env(ctx.home))
+    _finish(res, m, emu)
+    if not res.error:
+        problem = curlbase.check(dest, records)
+        if problem:
+            res.error = f"failed: {problem}"
+    return res

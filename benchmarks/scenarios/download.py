@@ -1,0 +1,106 @@
+"""Scenario 3: download of 5,000 files of 256 KiB.
+
+* curl: one `curl --parallel --parallel-max 8` over the same URLs with the same credential (reps);
+* ours: `datalad xnat-update` (default mode: register, then fetch) on a fresh dataset (reps);
+* ours: `datalad get -J8 .` after an untimed `xnat-update --reckless fast` (reps);
+* datalad-xnat 0.2.1: its default `xnat-update` (addurls with download), once at
+  `peer_download_sample` files, extrapolated linearly when that is fewer than all.
+Targets: ours within 2× of curl; datalad-xnat / ours ≥ 3.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..context import Context, rss_extra
+from ..emulator import EmulatorProcess
+from ..results import Figure, Section, now, ratio
+from . import _runs
+
+
+def run(ctx: Context, selected: set) -> Section:
+    sec = Section("download", "3. Download", started=now())
+    t0 = time.perf_counter()
+    n, size, jobs = ctx.sizes.download_files, ctx.sizes.download_file_size, ctx.sizes.jobs
+    case = f"{n:,} files × {size // 1024} KiB"
+    with EmulatorProcess(n, size) as emu:
+        records = ctx.records(emu, n, size)
+        f_curl = sec.add(Figure(case, f"curl --parallel-max {jobs}", "time", "s"))
+        for i in range(ctx.reps):
+            res = _runs.curl_run(ctx, emu, records, f"download-curl-{i}", jobs)
+            if res.error:
+                f_curl.error = res.error
+                break
+            f_curl.runs.append(res.wall)
+        ctx.workdir("download-curl-0")  # 1.3 GB of scratch: drop it
+
+        f_upd = sec.add(Figure(case, "ours: xnat-update (default: register + fetch)", "time", "s"))
+        f_get = sec.add(Figure(case, f"ours: datalad get -J{jobs} . (after --reckless fast)",
+                               "time", "s"))
+        if ctx.ours_reason:
+            f_upd.error = f_get.error = f"not run: {ctx.ours_reason}"
+        else:
+            for i in range(ctx.reps):
+                res = _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
+                                        reckless_fast=False, check_content=True)
+                if res.error:
+                    f_upd.error = res.error
+                    break
+                f_upd.runs.append(res.wall)
+                f_upd.extra.setdefault("rss", []).append(rss_extra(res.measurement))
+                f_upd.extra["counters"] = res.counters
+                ctx.workdir(f"download-ours-update-{i}")
+            for i in range(ctx.reps):
+                res = _runs.ours_get(ctx, emu, n, f"download-ours-get-{i}", jobs)
+                if res.error:
+                    f_get.error = res.error
+                    break
+                f_get.runs.append(res.wall)
+                f_get.extra.setdefault("rss", []).append(rss_extra(res.measurement))
+                f_get.extra["counters"] = res.counters
+                ctx.workdir(f"download-ours-get-{i}")
+
+        f_peer = sec.add(Figure(case, "datalad-xnat 0.2.1: xnat-update (default)", "time", "s"))
+        sample = min(ctx.sizes.peer_download_sample, n)
+        if ctx.peer_reason:
+            f_peer.error = f"not run: {ctx.peer_reason}"
+    if not ctx.peer_reason:
+        with EmulatorProcess(sample, size) as emu_s:
+            res = _runs.peer_update(ctx, emu_s, sample, f"download-peer-{sample}",
+                                    reckless_fast=False)
+        if res.error:
+            f_peer.error = res.error
+        elif sample == n:
+            f_peer.runs, f_peer.note = [res.wall], "1 run"
+        else:
+            f_peer.tool += " (extrapolated)"
+            f_peer.runs = [res.wall / sample * n]
+            f_peer.note = (f"measured once at {sample:,} files: {res.wall:.1f} s "
+                           f"({res.wall / sample * 1000:.0f} ms/file), × {n:,}")
+            sec.add(Figure(f"{sample:,} files × {size // 1024} KiB",
+                           "datalad-xnat 0.2.1: xnat-update (default)", "time", "s",
+                           runs=[res.wall], note="1 run (the measurement behind the row above)"))
+        if res.counters:
+            f_peer.extra["counters"] = res.counters
+        ctx.workdir(f"download-peer-{sample}")
+
+    for fig in (f_upd, f_get):
+        sec.ratios.append(ratio(case, f"{fig.tool.split(':')[1].strip()} / curl", fig, f_curl,
+                                "≤ 2×", lambda v: v <= 2))
+        sec.ratios.append(ratio(case, f"datalad-xnat / {fig.tool.split(':')[1].strip()}", f_peer,
+                                fig, "≥ 3×", lambda v: v >= 3))
+    sec.notes += [
+        f"{n:,} files of {size:,} bytes ({n * size / 2**30:.2f} GiB); every tool writes the files "
+        "to local disk; ours and datalad-xnat also verify them (git-annex checksums).",
+        "curl authenticates each request with HTTP Basic from a config file (`-K`), so no secret "
+        "is on its command line.",
+    ]
+    sec.commands += [
+        f"curl --parallel --parallel-max {jobs} --fail -sS -K urls.cfg   # user=…, url=…, output=… lines",
+        "datalad -C ds xnat-update                       # ours, default mode",
+        "datalad -C ds xnat-update --reckless fast       # untimed, then:",
+        f"datalad -C ds get -J{jobs} .",
+        "datalad -C ds xnat-update                       # datalad-xnat 0.2.1 default mode",
+    ]
+    sec.seconds = time.perf_counter() - t0
+    return sec

@@ -1,0 +1,81 @@
+"""Scenario 4: peak RSS of `xnat-update --reckless fast` at 10,000, 100,000 and 1,000,000 files.
+
+Peak RSS is taken two ways (see benchmarks.measure): the kernel's maximum over the process tree
+(`wait4` rusage, the largest single process) and per-process high-water marks from /proc, grouped
+into the Python process (DataLad and our code) and git-annex children. Sizes up to
+`memory_full_max` reuse scenario 1's runs when it ran; above that the update runs with a time limit
+(`memory_time_limit`): if it does not finish, the figure is the peak reached by then, which covers
+enumeration and planning and part of the registration, and the row says so.
+Target: flat, the largest size within 2× of the smallest.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..context import Context, rss_extra
+from ..emulator import EmulatorProcess
+from ..results import Figure, Section, now, ratio
+from . import _runs
+
+TOOL = "ours: xnat-update --reckless fast"
+
+
+def _kind_figures(sec: Section, case: str, rss_runs: list, note: str = "") -> None:
+    for kind, label in (("python", "Python (datalad + ours)"), ("git-annex", "git-annex children"),
+                        ("remote", "special remote processes")):
+        values = [r.get("by_kind", {}).get(kind, {}).get("max_proc", 0) for r in rss_runs]
+        values = [v for v in values if v]
+        if values:
+            sec.add(Figure(case, f"{TOOL} — {label}", "peak RSS, largest process", "KiB",
+                           runs=values, note=note))
+    totals = [r.get("total_rss_peak_kib", 0) for r in rss_runs if r.get("total_rss_peak_kib")]
+    if totals:
+        sec.add(Figure(case, f"{TOOL} — whole tree", "peak of summed RSS (sampled)", "KiB",
+                       runs=totals, note=note))
+
+
+def run(ctx: Context, selected: set) -> Section:
+    sec = Section("memory", "4. Peak memory of an update", started=now())
+    t0 = time.perf_counter()
+    tree_figs = []
+    for n in ctx.sizes.memory:
+        case = f"{n:,} files"
+        fig = sec.add(Figure(case, TOOL, "peak RSS (largest process, wait4)", "KiB"))
+        tree_figs.append(fig)
+        if ctx.ours_reason:
+            fig.error = f"not run: {ctx.ours_reason}"
+            continue
+        reused = ctx.shared.get("rss", {}).get(n)
+        rss_runs = []
+        if reused is not None and reused.extra.get("rss"):
+            rss_runs = reused.extra["rss"]
+            fig.note = "the runs of scenario 1"
+        else:
+            limit = None if n <= ctx.sizes.memory_full_max else ctx.memory_time_limit
+            reps = ctx.reps if n <= ctx.sizes.memory_full_max else 1
+            with EmulatorProcess(n, ctx.sizes.register_file_size) as emu:
+                for i in range(reps):
+                    res = _runs.ours_update(ctx, emu, n, f"memory-ours-{n}-{i}", reckless_fast=True,
+                                            timeout=limit)
+                    m = res.measurement
+                    if m is not None and m.timed_out and m.tree_maxrss:
+                        rss_runs.append(rss_extra(m))
+                        fig.note = (f"1 run, stopped after {m.wall:.0f} s (limit): enumeration, "
+                                    "planning and part of the registration")
+                        break
+                    if res.error:
+                        fig.error = res.error
+                        break
+                    rss_runs.append(rss_extra(m))
+                    fig.note = f"{len(rss_runs)} run(s), {m.wall:.0f} s each (full registration)"
+                    ctx.workdir(f"memory-ours-{n}-{i}")
+        if rss_runs and not fig.error:
+            fig.runs = [r["tree_maxrss_kib"] for r in rss_runs]
+            _kind_figures(sec, case, rss_runs, fig.note)
+    if len(tree_figs) >= 2:
+        sec.ratios.append(ratio(f"{ctx.sizes.memory[-1]:,} vs {ctx.sizes.memory[0]:,} files",
+                                "peak RSS, largest / smallest", tree_figs[-1], tree_figs[0],
+                                "≤ 2×", lambda v: v <= 2))
+    sec.seconds = time.perf_counter() - t0
+    return sec
