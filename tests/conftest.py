@@ -53,3 +53,29 @@ def run(cmd: list[str], cwd: Path | str | None = None, check: bool = True,
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+# --- xnat_emulator fixtures ---------------------------------------------------------------------
+
+@pytest.fixture
+def emulator_factory():
+    """Call with Emulator kwargs (preset, seed, files, require_login, ...); returns a started
+    Emulator. Every emulator made is stopped at teardown."""
+    from xnat_emulator import Emulator
+
+    made = []
+
+    def make(**kwargs):
+        emu = Emulator(**kwargs).start()
+        made.append(emu)
+        return emu
+
+    yield make
+    for emu in made:
+        emu.stop()
+
+
+@pytest.fixture
+def xnat(emulator_factory):
+    """A started `Emulator(preset="small", require_login=True)` (users: admin, alice, bob)."""
+    return emulator_factory(preset="small", require_login=True)

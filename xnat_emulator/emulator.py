@@ -1,0 +1,315 @@
+"""`Emulator`: the Python API around one emulated XNAT site served on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+from urllib.parse import quote
+
+from .content import BytesBlob
+from .counters import Counters
+from .faults import Faults
+from .model import Experiment, FileEntry, Project, Resource, Scan, Subject
+from .presets import build
+from .presets.common import ADMINS, USERS
+from .server import App, make_server
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file the server holds, as `Emulator.iter_files` reports it.
+
+    Labels are those of the project iterated (shared subjects/sessions show the shared label).
+    `md5` is the digest XNAT publishes (None when the listing shows `""`); `uri` is the listing's
+    URI (raw, unencoded path) and `url_path` the same with each path segment percent-encoded,
+    ready to request. `content()` returns the bytes.
+    """
+
+    project: str
+    subject_id: str | None
+    subject_label: str | None
+    session_id: str | None
+    session_label: str | None
+    scan_id: str | None
+    scan_type: str | None
+    level: str               # 'scan' | 'session' | 'subject' | 'project' | 'assessor'
+    resource: str            # resource label
+    resource_id: str         # xnat_abstractresource_id
+    path: str                # relative path inside the resource
+    size: int
+    md5: str | None
+    uri: str
+    url_path: str
+    assessor_id: str | None = None
+    _entry: FileEntry | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def content(self) -> bytes:
+        return self._entry.blob.bytes()
+
+
+class Emulator:
+    """An XNAT REST emulator. See docs/ARCHITECTURE.md and the package docstring."""
+
+    def __init__(self, preset: str = "small", *, seed: int = 0, files: int | None = None,
+                 file_size: int | None = None, require_login: bool = True,
+                 session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
+                 verbose: bool = False, **faults) -> None:
+        self.preset = preset
+        self.seed = seed
+        self.host = host
+        self.port = port
+        self.site = build(preset, seed=seed, files=files, file_size=file_size)
+        self.faults = Faults(seed, **faults)
+        self.counters = Counters()
+        self.users = dict(USERS)
+        self.app = App(self.site, require_login=require_login, session_timeout=session_timeout,
+                       faults=self.faults, counters=self.counters, users=self.users,
+                       admins=ADMINS, verbose=verbose)
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Emulator":
+        if self._server is None:
+            self._server = make_server(self.app, self.host, self.port)
+            self.port = self._server.server_address[1]
+            self._thread = threading.Thread(target=self._server.serve_forever,
+                                            kwargs={"poll_interval": 0.1},
+                                            name=f"xnat-emulator-{self.port}", daemon=True)
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread (the CLI uses this)."""
+        if self._server is None:
+            self._server = make_server(self.app, self.host, self.port)
+            self.port = self._server.server_address[1]
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- settings at run time -------------------------------------------------------------
+    @property
+    def require_login(self) -> bool:
+        return self.app.require_login
+
+    @require_login.setter
+    def require_login(self, value: bool) -> None:
+        self.app.require_login = bool(value)
+
+    @property
+    def session_timeout(self) -> float:
+        return self.app.auth.session_timeout
+
+    @session_timeout.setter
+    def session_timeout(self, value: float) -> None:
+        self.app.auth.session_timeout = float(value)
+
+    def expire_sessions(self) -> None:
+        """Invalidate every JSESSION now (as a server restart would)."""
+        self.app.auth.expire_all_sessions()
+
+    def issue_alias_token(self, user: str) -> tuple[str, str]:
+        """Issue an alias token for `user`; returns (alias, secret), usable as Basic credentials."""
+        if user not in self.users:
+            raise KeyError(user)
+        tok = self.app.auth.issue_token(user)
+        return tok.alias, tok.secret
+
+    # -- mutations ------------------------------------------------------------------------
+    def _resource(self, resource: str, *, project: str | None, subject: str | None,
+                  session: str | None, scan: str | None, assessor: str | None,
+                  create: bool, scan_type: str = "") -> Resource:
+        site = self.site
+        owner: object
+        category = "resources"
+        cat_id = cat_desc = ""
+        if assessor is not None:
+            owner = self._experiment(assessor, project)
+            category = "assessors"
+        elif scan is not None:
+            if session is None:
+                raise ValueError("a scan needs its session")
+            exp = self._experiment(session, project)
+            sc = exp.scan(scan)
+            if sc is None:
+                if not create:
+                    raise KeyError(f"no scan {scan} in {exp.id}")
+                with site.lock:
+                    sc = site.add_scan(exp, scan, type=scan_type, series_description=scan_type)
+            owner = sc
+            category, cat_id, cat_desc = "scans", sc.id, sc.type
+        elif session is not None:
+            owner = self._experiment(session, project)
+        elif subject is not None:
+            owner = self._subject(subject, project)
+        elif project is not None:
+            owner = site.project(project)
+            if owner is None:
+                raise KeyError(f"no project {project}")
+        else:
+            raise ValueError("say where: project, subject, session (+ scan) or assessor")
+        for r in owner.resources:
+            if r.label == resource or str(r.xnat_id) == str(resource):
+                return r
+        if not create:
+            raise KeyError(f"no resource {resource}")
+        with site.lock:
+            r = site.resource(resource, category, cat_id=cat_id, cat_desc=cat_desc)
+            owner.add_resource(r)
+        return r
+
+    def _experiment(self, token: str, project: str | None) -> Experiment:
+        e = self.site.experiments.get(token)
+        if e is None:
+            for x in self.site.experiments.values():
+                if (project is None or project in x.labels) and token in x.labels.values():
+                    e = x
+                    break
+        if e is None:
+            raise KeyError(f"no experiment {token}")
+        return e
+
+    def _subject(self, token: str, project: str | None) -> Subject:
+        s = self.site.subjects.get(token)
+        if s is None:
+            for x in self.site.subjects.values():
+                if (project is None or project in x.labels) and token in x.labels.values():
+                    s = x
+                    break
+        if s is None:
+            raise KeyError(f"no subject {token}")
+        return s
+
+    @staticmethod
+    def _entry(path: str, content: bytes, digest) -> FileEntry:
+        path = path.strip("/")
+        if digest is None:
+            digest = ""
+        return FileEntry(path, BytesBlob(content), digest=digest, mtime=time.time())
+
+    def add_file(self, path: str, content: bytes, *, resource: str, project: str | None = None,
+                 subject: str | None = None, session: str | None = None,
+                 scan: str | None = None, assessor: str | None = None,
+                 digest: "bool | str | None" = True, scan_type: str = "") -> None:
+        """Add a new file (KeyError-free: creates the resource, and the scan, when missing).
+
+        Where: `session` (ID or label) + `scan` for a scan resource; `session` alone for a
+        session resource; `subject`, `project` or `assessor` for those levels. `digest`: True
+        publishes the MD5 of `content`, False/None/"" publishes no digest, a string publishes
+        that string (e.g. a stale digest). Raises FileExistsError if the path exists.
+        """
+        r = self._resource(resource, project=project, subject=subject, session=session,
+                           scan=scan, assessor=assessor, create=True, scan_type=scan_type)
+        e = self._entry(path, content, digest)
+        if r.exists(e.path):
+            raise FileExistsError(e.path)
+        r.put(e)
+
+    def change_file(self, path: str, content: bytes, *, resource: str,
+                    project: str | None = None, subject: str | None = None,
+                    session: str | None = None, scan: str | None = None,
+                    assessor: str | None = None, digest: "bool | str | None" = True) -> None:
+        """Replace the content of an existing file (KeyError if it does not exist)."""
+        r = self._resource(resource, project=project, subject=subject, session=session,
+                           scan=scan, assessor=assessor, create=False)
+        e = self._entry(path, content, digest)
+        if not r.exists(e.path):
+            raise KeyError(e.path)
+        r.put(e)
+
+    def delete_file(self, path: str, *, resource: str, project: str | None = None,
+                    subject: str | None = None, session: str | None = None,
+                    scan: str | None = None, assessor: str | None = None) -> None:
+        """Delete a file (KeyError if it does not exist)."""
+        r = self._resource(resource, project=project, subject=subject, session=session,
+                           scan=scan, assessor=assessor, create=False)
+        r.remove(path.strip("/"))
+
+    # -- inspection -----------------------------------------------------------------------
+    def iter_files(self, project: str, *, levels: tuple[str, ...] | None = None
+                   ) -> Iterator[FileInfo]:
+        """Every file of `project` (its own data and what is shared into it), in listing order.
+
+        Order: project resources, then per subject (subject resources, then per session:
+        scan resources, session resources, assessor resources).
+        """
+        p = self.site.project(project)
+        if p is None:
+            raise KeyError(project)
+        pid = p.id
+
+        def want(level: str) -> bool:
+            return levels is None or level in levels
+
+        def make(level: str, r: Resource, e: FileEntry, base: str, **kw) -> FileInfo:
+            dg = e.digest()
+            enc = "/".join(quote(seg, safe="") for seg in e.path.split("/"))
+            fields = dict(project=pid, subject_id=None, subject_label=None, session_id=None,
+                          session_label=None, scan_id=None, scan_type=None)
+            fields.update(kw)
+            return FileInfo(level=level, resource=r.label, resource_id=str(r.xnat_id),
+                            path=e.path, size=e.size, md5=dg or None,
+                            uri=f"{base}/resources/{r.xnat_id}/files/{e.path}",
+                            url_path=f"{base}/resources/{r.xnat_id}/files/{enc}",
+                            _entry=e, **fields)
+
+        if want("project"):
+            for r in list(p.resources):
+                for e in r.entries():
+                    yield make("project", r, e, f"/data/projects/{pid}")
+        for s in list(p.subjects):
+            skw = dict(subject_id=s.id, subject_label=s.label_in(pid))
+            if want("subject"):
+                for r in list(s.resources):
+                    for e in r.entries():
+                        yield make("subject", r, e, f"/data/projects/{pid}/subjects/{s.id}",
+                                   **skw)
+            for x in list(s.experiments):
+                if pid not in x.labels:
+                    continue
+                xkw = dict(skw, session_id=x.id, session_label=x.label_in(pid))
+                base = f"/data/experiments/{x.id}"
+                if want("scan"):
+                    for sc in list(x.scans):
+                        for r in list(sc.resources):
+                            for e in r.entries():
+                                yield make("scan", r, e, f"{base}/scans/{sc.id}", scan_id=sc.id,
+                                           scan_type=sc.type, **xkw)
+                if want("session"):
+                    for r in list(x.resources):
+                        for e in r.entries():
+                            yield make("session", r, e, base, **xkw)
+                if want("assessor"):
+                    for a in list(x.assessors):
+                        for r in list(a.resources):
+                            for e in r.entries():
+                                yield make("assessor", r, e, f"{base}/assessors/{a.id}/out",
+                                           assessor_id=a.id, **xkw)
+
+    def __repr__(self) -> str:
+        state = "running" if self._server is not None else "stopped"
+        return f"<Emulator {self.preset} {self.url} {state}>"

@@ -1,0 +1,89 @@
+"""Fault injection. `Emulator.faults` is one `Faults` object; the server reads it per request.
+
+Attributes (plain, set them at any time; `clear()` restores the defaults):
+
+* `error_rate` (float 0..1): answer this fraction of requests with `error_status` (random but
+  deterministic: the RNG is seeded with `seed` and reseeded by `clear()`).
+* `error_status` (int, default 503).
+* `fail_every_nth_download` (int, 0 = off): every Nth file GET answers 500.
+* `truncate_downloads` (bool or float 0..1): file GETs send the full Content-Length, then about
+  half the body, then close the connection. A float is the probability per download.
+* `corrupt_downloads` (bool or float 0..1): file GETs send the right length but wrong bytes.
+* `delay` (float seconds): added before every response.
+* `expire_sessions_after` (int, 0 = off): a JSESSION dies after that many requests made with it.
+* `drop_digests` (bool): file listings show `digest: ""` for every file.
+* `login_page_instead_of_401` (bool): unauthenticated requests get 200 + the HTML login page
+  (what a misconfigured proxy or an old XNAT does), instead of 401.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+DEFAULTS = {
+    "error_rate": 0.0,
+    "error_status": 503,
+    "fail_every_nth_download": 0,
+    "truncate_downloads": False,
+    "corrupt_downloads": False,
+    "delay": 0.0,
+    "expire_sessions_after": 0,
+    "drop_digests": False,
+    "login_page_instead_of_401": False,
+}
+
+
+class Faults:
+    def __init__(self, seed: int = 0, **kwargs) -> None:
+        self._lock = threading.Lock()
+        self.seed = seed
+        self.clear()
+        for k, v in kwargs.items():
+            if k not in DEFAULTS:
+                raise TypeError(f"unknown fault {k!r}")
+            setattr(self, k, v)
+
+    def clear(self) -> None:
+        """Switch every fault off and restart the RNG and the download counter."""
+        for k, v in DEFAULTS.items():
+            setattr(self, k, v)
+        with self._lock:
+            self._rng = random.Random(f"faults-{self.seed}")
+            self.downloads = 0
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in DEFAULTS}
+
+    def __repr__(self) -> str:
+        active = {k: v for k, v in self.as_dict().items() if v != DEFAULTS[k]}
+        return f"Faults({active})"
+
+    # -- decisions, called by the server ---------------------------------------------------
+    def _chance(self, p) -> bool:
+        if p is True:
+            return True
+        if not p:
+            return False
+        with self._lock:
+            return self._rng.random() < float(p)
+
+    def random_error(self) -> int | None:
+        rate = self.error_rate
+        if rate and self._chance(rate):
+            return int(self.error_status)
+        return None
+
+    def download_fault(self) -> str | None:
+        """Called once per file GET: None, "fail", "truncate" or "corrupt"."""
+        with self._lock:
+            self.downloads += 1
+            n = self.downloads
+        nth = self.fail_every_nth_download
+        if nth and n % int(nth) == 0:
+            return "fail"
+        if self._chance(self.truncate_downloads):
+            return "truncate"
+        if self._chance(self.corrupt_downloads):
+            return "corrupt"
+        return None
