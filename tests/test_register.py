@@ -1,0 +1,124 @@
+"""Bulk registration against real git and git-annex (no server needed: nothing is downloaded)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+from xnat_init.layout import md5e_key, path_hash
+from xnat_init.register import (
+    Change,
+    KeySpool,
+    RegistrationError,
+    TrackedTree,
+    commit_tree_changes,
+    hashdir_lower,
+    hashdir_mixed,
+    iter_tracked_symlinks,
+    key_urls,
+    register_keys,
+    symlink_fingerprint,
+)
+
+SERVER = "http://127.0.0.1:9"
+
+
+def make_repo(tmp_path: Path) -> tuple[Path, str]:
+    repo = tmp_path / "ds"
+    run(["git", "init", "-q", str(repo)])
+    run(["git", "annex", "init", "-q"], cwd=repo)
+    run(["git", "annex", "initremote", "xnat", "type=external", "externaltype=xnat",
+         f"url={SERVER}", "credential=anonymous", "encryption=none", "autoenable=true"], cwd=repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "init"], cwd=repo)
+    uuid = run(["git", "config", "remote.xnat.annex-uuid"], cwd=repo).stdout.strip()
+    return repo, uuid
+
+
+def key_for(name: str, content: bytes) -> str:
+    return md5e_key(len(content), hashlib.md5(content).hexdigest(), name)
+
+
+def url_for(path: str) -> str:
+    return f"xnat://127.0.0.1:9/experiments/E1/scans/1/resources/DICOM/files/{path.replace(' ', '%20')}"
+
+
+def test_hashdirs_match_git_annex(tmp_path):
+    repo, _ = make_repo(tmp_path)
+    keys = [key_for(f"f{i}.dcm", str(i).encode()) for i in range(50)] + \
+        ["MD5E-s0--d41d8cd98f00b204e9800998ecf8427e", "MD5E-s3--acbd18db4cc2f85cedef654fccc4a4d8.é.gz"]
+    out = run(["git", "annex", "examinekey", "--batch",
+               "--format=${hashdirmixed} ${hashdirlower}\n"], cwd=repo,
+              input="".join(k + "\n" for k in keys)).stdout.splitlines()
+    assert out == [f"{hashdir_mixed(k)} {hashdir_lower(k)}" for k in keys]
+
+
+@pytest.mark.parametrize("method", ["fast-import", "batch"])
+def test_register_then_whereis_and_update(tmp_path, method):
+    repo, uuid = make_repo(tmp_path)
+    run(["git", "config", "datalad.xnat.register-method", method], cwd=repo)
+    files = {"a/b.dcm": b"one", "a/c d.nii.gz": b"two", "top.txt": b"three", "dup.txt": b"three",
+             'we"ird\\name.json': b"four"}
+    changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
+    spool = KeySpool()
+    for change in changes:
+        spool.add(change.key, change.url)
+    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+    spool.close()
+    new = commit_tree_changes(repo, changes, [], {}, "register")
+    assert new
+    assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
+    for change in changes:
+        assert (repo / change.path).is_symlink()
+    whereis = json.loads(run(["git", "annex", "whereis", "--json", "a/c d.nii.gz"], cwd=repo).stdout)
+    assert [w["uuid"] for w in whereis["whereis"]] == [uuid]
+    assert whereis["whereis"][0]["urls"] == [url_for("a/c d.nii.gz")]
+    # two paths with one content: one key, both URLs
+    three = key_for("top.txt", b"three")
+    assert sorted(key_urls(repo, [three])[three]) == sorted([url_for("top.txt"), url_for("dup.txt")])
+
+    # the tracked tree knows each file by fingerprint
+    tree = TrackedTree.read(repo, run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip())
+    index = tree.lookup(path_hash("a/b.dcm"))
+    assert index is not None
+    assert tree.blobs[index] == symlink_fingerprint(key_for("a/b.dcm", b"one"), "a/b.dcm")
+    found = dict(iter_tracked_symlinks(repo, "HEAD", {path_hash("top.txt")}))
+    assert found == {"top.txt": three}
+
+    # a second registration: a change, a removal; existing logs are appended to, not replaced
+    changed = Change("a/b.dcm", key_for("a/b.dcm", b"ONE"), url_for("a/b.dcm"))
+    spool = KeySpool()
+    spool.add(changed.key, changed.url)
+    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+    spool.close()
+    commit_tree_changes(repo, [changed], ["top.txt"], {}, "update")
+    assert not (repo / "top.txt").exists()
+    assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
+    assert run(["git", "log", "--format=%s", "-1"], cwd=repo).stdout.strip() == "update"
+    assert key_urls(repo, [changed.key])[changed.key] == [url_for("a/b.dcm")]
+    # git-annex's own writes after ours keep ours
+    other = key_for("z.txt", b"zzz")
+    run(["git", "annex", "registerurl", other, url_for("z.txt")], cwd=repo)
+    assert key_urls(repo, [changed.key])[changed.key] == [url_for("a/b.dcm")]
+    assert key_urls(repo, [other])[other] == [url_for("z.txt")]
+
+
+def test_nothing_to_commit_and_local_change_refused(tmp_path):
+    repo, uuid = make_repo(tmp_path)
+    head = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout
+    assert commit_tree_changes(repo, [], [], {}, "nothing") is None
+    assert run(["git", "rev-parse", "HEAD"], cwd=repo).stdout == head
+    change = Change("x.txt", key_for("x.txt", b"x"), url_for("x.txt"))
+    commit_tree_changes(repo, [change], [], {}, "first")
+    head = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout
+    # a local uncommitted change to a path the update would rewrite: refused, nothing changed
+    (repo / "x.txt").unlink()
+    (repo / "x.txt").write_text("mine")
+    with pytest.raises(RegistrationError, match="local changes"):
+        commit_tree_changes(repo, [Change("x.txt", key_for("x.txt", b"y"), url_for("x.txt"))],
+                            [], {}, "second")
+    assert run(["git", "rev-parse", "HEAD"], cwd=repo).stdout == head
+    assert (repo / "x.txt").read_text() == "mine"

@@ -1,0 +1,568 @@
+"""Register files with git-annex without downloading them, in bulk.
+
+The obvious way, `git annex fromkey --batch` plus `git annex registerurl --batch`, costs about
+7-14 ms per file (measured: fromkey 4.4 ms, registerurl 2.7 ms per line on 2 cores, each
+registerurl line a CLAIMURL round trip to the special remote). For 100,000 files that is 12 to 23
+minutes. Almost none of that is necessary work: what a registered file *is* consists of
+
+* a symlink `path -> ../.git/annex/objects/<hashdirmixed>/<key>/<key>` committed to the branch,
+* a location log `<hashdirlower>/<key>.log` on the git-annex branch saying the XNAT special
+  remote (its UUID) has the key, and
+* a URL log `<hashdirlower>/<key>.log.web` with the `xnat:` URL (prefixed with `:`, git-annex's
+  mark for URLs claimed by a special remote, as registerurl writes it).
+
+So the default method ("fast-import") writes exactly those with one `git fast-import` per dataset:
+one commit on the git-annex branch (existing logs of a key are read with `git cat-file --batch`
+and appended to, never replaced) and one commit on the dataset's branch, then moves the work tree
+to it with `git read-tree -m -u` (which refuses, and changes nothing, if a local modification is
+in the way). git-annex notices that its branch moved and merges it into its index on the next run
+(tested: whereis, get, fsck, and later registerurl calls keep both). The formats are git-annex's
+documented internals (doc/internals.mdwn) and are checked against real git-annex in the tests.
+
+The "batch" method (`git annex registerurl --batch` for the git-annex branch) is kept as the
+conservative fallback: it is used when git-annex's journal holds uncommitted changes (a user with
+annex.alwayscommit=false), and can be chosen with git config `datalad.xnat.register-method=batch`.
+Adjusted branches (unlocked or crippled file systems) are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+import time
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .layout import path_hash
+
+GITLINK_MODE = "160000"
+SYMLINK_MODE = "120000"
+_MIXED_CHARS = "0123456789zqjxkmvwgpfZQJXKMVWGPF"
+
+
+class RegistrationError(RuntimeError):
+    """Registration could not be done; the dataset's branch is unchanged. The message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# key locations, as git-annex computes them
+
+
+def hashdir_lower(key: str) -> str:
+    """`abc/def/`: where git-annex's branch keeps a key's logs (first 6 hex digits of md5(key))."""
+    digest = hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{digest[:3]}/{digest[3:6]}/"
+
+
+def hashdir_mixed(key: str) -> str:
+    """`Xy/Zw/`: the two-level object directory of a key in `.git/annex/objects` (non-bare repo)."""
+    digest = hashlib.md5(key.encode("utf-8", "surrogateescape")).digest()
+    word = int.from_bytes(digest[:4], "little")
+    chars = [_MIXED_CHARS[(word >> (6 * i)) & 31] for i in range(8)]
+    swapped = []
+    for i in range(0, 8, 2):
+        swapped += [chars[i + 1], chars[i]]
+    text = "".join(swapped[:4])
+    return f"{text[:2]}/{text[2:4]}/"
+
+
+def symlink_target(key: str, path_in_dataset: str) -> str:
+    """The relative symlink git-annex makes for a locked file at `path_in_dataset`."""
+    depth = path_in_dataset.count("/")
+    return "../" * depth + f".git/annex/objects/{hashdir_mixed(key)}{key}/{key}"
+
+
+def blob_sha(content: bytes) -> bytes:
+    """Git's object id of a blob (the first 8 bytes are enough to compare symlinks)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).digest()
+
+
+def symlink_fingerprint(key: str, path_in_dataset: str) -> int:
+    """64 bits of the blob id git gives the symlink of `key` at that path."""
+    target = symlink_target(key, path_in_dataset).encode("utf-8", "surrogateescape")
+    return int.from_bytes(blob_sha(target)[:8], "big")
+
+
+def key_from_target(target: str) -> str | None:
+    """The key an annex symlink points to, or None if it is not one."""
+    if "/annex/objects/" not in target:
+        return None
+    return target.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+# ---------------------------------------------------------------------------------------------
+# git plumbing helpers
+
+
+def git(repo: Path, *args: str, input: str | bytes | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True,
+                          text=not isinstance(input, bytes))
+    if check and proc.returncode != 0:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        raise RegistrationError(f"git {' '.join(args[:3])} failed in {repo}: {err.strip()}")
+    return proc
+
+
+def _quote_path(path: str) -> str:
+    """A C-style quoted path as git fast-import reads it (always quoted: no surprises)."""
+    out = ['"']
+    for ch in path:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append("\\%03o" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+class _CatFile:
+    """A `git cat-file --batch` coprocess: one object's content per call, synchronously."""
+
+    def __init__(self, repo: Path) -> None:
+        self._proc = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def get(self, spec: str) -> bytes | None:
+        assert self._proc.stdin and self._proc.stdout
+        self._proc.stdin.write(spec.encode("utf-8", "surrogateescape") + b"\n")
+        self._proc.stdin.flush()
+        header = self._proc.stdout.readline()
+        if header.endswith(b" missing\n") or not header:
+            return None
+        size = int(header.split()[2])
+        data = self._proc.stdout.read(size)
+        self._proc.stdout.read(1)  # the newline after the content
+        return data
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        self._proc.wait()
+
+
+def _finish(proc: subprocess.Popen) -> bytes:
+    """Close stdin (if still open), wait, and return stderr."""
+    if proc.stdin and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    err = proc.stderr.read() if proc.stderr else b""
+    proc.wait()
+    return err
+
+
+def current_branch(repo: Path) -> tuple[str, str | None]:
+    """(branch ref, HEAD commit or None for an unborn branch); RegistrationError if detached."""
+    proc = git(repo, "symbolic-ref", "-q", "HEAD", check=False)
+    ref = proc.stdout.strip()
+    if proc.returncode != 0 or not ref:
+        raise RegistrationError(f"{repo} has a detached HEAD; check out a branch first")
+    if ref.startswith("refs/heads/adjusted/"):
+        raise RegistrationError(f"{repo} is on an adjusted branch ({ref}); xnat-update registers "
+                                "locked files only: run `git annex adjust --unlock` off or use "
+                                "a file system with symlinks")
+    head = git(repo, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False).stdout.strip()
+    return ref, head or None
+
+
+def ident(repo: Path, which: str) -> str:
+    return git(repo, "var", f"GIT_{which}_IDENT").stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# what a dataset already tracks, in flat memory
+
+
+@dataclass
+class TrackedTree:
+    """Fingerprints of what HEAD tracks: path hash -> symlink blob fingerprint (0: not a symlink).
+
+    Two sorted `array('Q')`s (16 bytes per file) instead of a dict of strings, so a million
+    tracked files cost 16 MB; `seen` marks the ones the server still has.
+    """
+
+    paths: array = field(default_factory=lambda: array("Q"))
+    blobs: array = field(default_factory=lambda: array("Q"))
+    seen: bytearray = field(default_factory=bytearray)
+    gitlinks: dict[str, str] = field(default_factory=dict)   # subdataset path -> commit
+
+    @classmethod
+    def read(cls, repo: Path, head: str | None) -> "TrackedTree":
+        tree = cls()
+        if head is None:
+            return tree
+        pairs: list[tuple[int, int]] = []
+        proc = subprocess.Popen(["git", "-C", str(repo), "ls-tree", "-r", "-z", "--full-tree",
+                                 head], stdout=subprocess.PIPE)
+        assert proc.stdout
+        for entry in _split_z(proc.stdout):
+            meta, _, path = entry.partition(b"\t")
+            mode, _, sha = meta.split(b" ")
+            name = path.decode("utf-8", "surrogateescape")
+            if mode == b"160000":
+                tree.gitlinks[name] = sha.decode()
+                continue
+            blob = int(sha[:16], 16) if mode == b"120000" else 0
+            pairs.append((path_hash(name), blob))
+        proc.wait()
+        pairs.sort()
+        tree.paths = array("Q", (p for p, _ in pairs))
+        tree.blobs = array("Q", (b for _, b in pairs))
+        tree.seen = bytearray(len(pairs))
+        return tree
+
+    def lookup(self, fingerprint: int) -> int | None:
+        """Index of the path with this fingerprint, or None."""
+        index = bisect_left(self.paths, fingerprint)
+        if index < len(self.paths) and self.paths[index] == fingerprint:
+            return index
+        return None
+
+    def unseen(self) -> set[int]:
+        return {self.paths[i] for i, flag in enumerate(self.seen) if not flag}
+
+
+def _split_z(stream) -> Iterator[bytes]:
+    buffer = b""
+    while True:
+        chunk = stream.read(1 << 16)
+        if not chunk:
+            break
+        buffer += chunk
+        *entries, buffer = buffer.split(b"\0")
+        yield from entries
+    if buffer:
+        yield buffer
+
+
+def iter_tracked_symlinks(repo: Path, head: str, wanted: set[int]) -> Iterator[tuple[str, str]]:
+    """(path, key) of the annexed files of HEAD whose path fingerprints are in `wanted`."""
+    if not wanted:
+        return
+    proc = subprocess.Popen(["git", "-C", str(repo), "ls-tree", "-r", "-z", "--full-tree", head],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout
+    catfile = _CatFile(repo)
+    try:
+        for entry in _split_z(proc.stdout):
+            meta, _, path = entry.partition(b"\t")
+            mode, _, sha = meta.split(b" ")
+            if mode != b"120000":
+                continue
+            name = path.decode("utf-8", "surrogateescape")
+            if path_hash(name) not in wanted:
+                continue
+            target = catfile.get(sha.decode()) or b""
+            key = key_from_target(target.decode("utf-8", "surrogateescape"))
+            if key:
+                yield name, key
+    finally:
+        catfile.close()
+        proc.wait()
+
+
+def key_urls(repo: Path, keys: Iterable[str]) -> dict[str, list[str]]:
+    """The URLs git-annex's branch records for each key (claimed ones without their ':' mark)."""
+    catfile = _CatFile(repo)
+    found: dict[str, list[str]] = {}
+    try:
+        for key in keys:
+            content = catfile.get(f"refs/heads/git-annex:{hashdir_lower(key)}{key}.log.web")
+            found[key] = _present_values(content) if content else []
+    finally:
+        catfile.close()
+    return found
+
+
+def _present_values(content: bytes) -> list[str]:
+    """Values whose latest log line says present (status 1), in first-seen order."""
+    latest: dict[str, tuple[str, str]] = {}
+    for line in content.decode("utf-8", "surrogateescape").splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) != 3:
+            continue
+        stamp, status, value = parts
+        value = value[1:] if value.startswith(":") else value
+        previous = latest.get(value)
+        if previous is None or _stamp(stamp) >= _stamp(previous[0]):
+            latest[value] = (stamp, status)
+    return [value for value, (_, status) in latest.items() if status == "1"]
+
+
+def _stamp(text: str) -> float:
+    try:
+        return float(text.rstrip("s"))
+    except ValueError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+@dataclass
+class Change:
+    """One registration in one dataset: `path` relative to the dataset, its key and xnat: URL."""
+
+    path: str
+    key: str
+    url: str
+
+
+def _journal_is_empty(repo: Path) -> bool:
+    journal = repo / ".git" / "annex" / "journal"
+    try:
+        return not any(journal.iterdir())
+    except FileNotFoundError:
+        return True
+
+
+def register_method(repo: Path) -> str:
+    value = git(repo, "config", "--get", "datalad.xnat.register-method", check=False).stdout.strip()
+    return value if value in ("fast-import", "batch") else "fast-import"
+
+
+def _annex_log_with(existing: bytes | None, value: str, stamp: str) -> bytes | None:
+    """The log content with `value` marked present, or None if it already is."""
+    if existing is not None:
+        bare = value[1:] if value.startswith(":") else value
+        if bare in _present_values(existing):
+            return None
+    line = f"{stamp} 1 {value}\n".encode("utf-8", "surrogateescape")
+    if existing is None:
+        return line
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    return existing + line
+
+
+def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
+                        progress: Callable[[int], None] | None) -> int:
+    """One fast-import commit on git-annex's branch: every key present in the remote, its URLs.
+
+    `pairs_sorted` are (key, url), grouped by key. Returns the number of keys written.
+    """
+    stamp = f"{int(time.time())}s"
+    proc = subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--done"],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin
+    out = proc.stdin
+    catfile = _CatFile(repo)
+    who = ident(repo, "COMMITTER")
+    message = b"update (xnat-update: register keys and xnat: URLs)"
+    has_branch = git(repo, "rev-parse", "-q", "--verify", "refs/heads/git-annex",
+                     check=False).returncode == 0
+    if not has_branch:
+        raise RegistrationError(f"{repo} has no git-annex branch; is it a git-annex repository?")
+    out.write(b"commit refs/heads/git-annex\n")
+    out.write(f"committer {who}\n".encode())
+    out.write(b"data %d\n%s\n" % (len(message), message))
+    out.write(b"from refs/heads/git-annex^0\n")
+    written = 0
+
+    def emit(path: str, content: bytes) -> None:
+        out.write(f"M 100644 inline {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
+        out.write(b"data %d\n" % len(content))
+        out.write(content)
+        out.write(b"\n")
+
+    def flush_key(key: str, urls: list[str]) -> None:
+        nonlocal written
+        base = f"{hashdir_lower(key)}{key}"
+        location = _annex_log_with(catfile.get(f"refs/heads/git-annex:{base}.log"),
+                                   remote_uuid, stamp)
+        if location is not None:
+            emit(base + ".log", location)
+        web = catfile.get(f"refs/heads/git-annex:{base}.log.web")
+        changed = False
+        for url in urls:
+            updated = _annex_log_with(web, ":" + url, stamp)
+            if updated is not None:
+                web, changed = updated, True
+        if changed and web is not None:
+            emit(base + ".log.web", web)
+        written += 1
+        if progress:
+            progress(1)
+
+    try:
+        current_key: str | None = None
+        current_urls: list[str] = []
+        for key, url in pairs_sorted:
+            if key != current_key:
+                if current_key is not None:
+                    flush_key(current_key, current_urls)
+                current_key, current_urls = key, []
+            if url not in current_urls:
+                current_urls.append(url)
+        if current_key is not None:
+            flush_key(current_key, current_urls)
+        out.write(b"\ndone\n")
+        out.close()
+    finally:
+        catfile.close()
+    err = _finish(proc)
+    if proc.returncode != 0:
+        raise RegistrationError(f"git fast-import (git-annex branch) failed in {repo}: "
+                                f"{err.decode(errors='replace').strip()}")
+    return written
+
+
+def _register_urls_batch(repo: Path, pairs: Iterable[tuple[str, str]], remote_name: str,
+                         progress: Callable[[int], None] | None) -> None:
+    """The conservative way: `git annex registerurl --batch` (a CLAIMURL per line)."""
+    proc = subprocess.Popen(["git", "-C", str(repo), "annex", "registerurl", "--batch",
+                             f"--remote={remote_name}", "--json", "--json-error-messages"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin
+    import threading
+
+    failures: list[str] = []
+
+    def read() -> None:
+        import json
+        assert proc.stdout
+        for line in proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not record.get("success", False):
+                failures.append(" ".join(record.get("error-messages", [])) or line.strip())
+            if progress:
+                progress(1)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    for key, url in pairs:
+        proc.stdin.write(f"{key} {url}\n")
+    proc.stdin.close()
+    reader.join()
+    err = proc.stderr.read() if proc.stderr else ""
+    proc.wait()
+    if proc.returncode != 0 or failures:
+        raise RegistrationError("git annex registerurl failed: "
+                                + ("; ".join(failures[:3]) or err.strip()))
+
+
+def commit_tree_changes(repo: Path, changes: Iterable[Change], removals: Iterable[str],
+                        gitlinks: dict[str, str], message: str, extra_files: dict[str, bytes] | None = None,
+                        ) -> str | None:
+    """One commit on the dataset's branch: symlinks for `changes`, deletions, subdataset commits.
+
+    The work tree and index follow with `git read-tree -m -u`; if that is refused (a local change
+    in the way), the branch is put back and RegistrationError raised. Returns the new commit, or
+    None when nothing changed.
+    """
+    ref, head = current_branch(repo)
+    temp_ref = "refs/xnat-update/pending"
+    proc = subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--done",
+                             "--force"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin
+    out = proc.stdin
+    body = message.encode("utf-8")
+    out.write(f"commit {temp_ref}\n".encode())
+    out.write(f"author {ident(repo, 'AUTHOR')}\n".encode())
+    out.write(f"committer {ident(repo, 'COMMITTER')}\n".encode())
+    out.write(b"data %d\n%s\n" % (len(body), body))
+    if head:
+        out.write(f"from {head}\n".encode())
+    count = 0
+    try:
+        for path in removals:
+            out.write(f"D {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
+            count += 1
+        for change in changes:
+            target = symlink_target(change.key, change.path).encode("utf-8", "surrogateescape")
+            out.write(f"M {SYMLINK_MODE} inline {_quote_path(change.path)}\n"
+                      .encode("utf-8", "surrogateescape"))
+            out.write(b"data %d\n" % len(target) + target + b"\n")
+            count += 1
+        for path, commit in gitlinks.items():
+            out.write(f"M {GITLINK_MODE} {commit} {_quote_path(path)}\n"
+                      .encode("utf-8", "surrogateescape"))
+            count += 1
+        for path, content in (extra_files or {}).items():
+            out.write(f"M 100644 inline {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
+            out.write(b"data %d\n" % len(content) + content + b"\n")
+            count += 1
+        out.write(b"\ndone\n")
+        out.close()
+    except BrokenPipeError:
+        pass
+    err = _finish(proc)
+    if proc.returncode != 0:
+        git(repo, "update-ref", "-d", temp_ref, check=False)
+        raise RegistrationError(f"git fast-import failed in {repo}: "
+                                f"{err.decode(errors='replace').strip()}")
+    new = git(repo, "rev-parse", temp_ref).stdout.strip()
+    git(repo, "update-ref", "-d", temp_ref, check=False)
+    if count == 0 or (head and git(repo, "rev-parse", f"{new}^{{tree}}").stdout ==
+                      git(repo, "rev-parse", f"{head}^{{tree}}").stdout):
+        return None
+    git(repo, "update-ref", "-m", "xnat-update", ref, new, head or "0" * 40)
+    if head:
+        move = git(repo, "read-tree", "-m", "-u", head, new, check=False)
+    else:
+        move = git(repo, "read-tree", "-m", "-u", new, check=False)
+    if move.returncode != 0:
+        git(repo, "update-ref", "-m", "xnat-update: undo", ref, head or "0" * 40, new,
+            check=False)
+        raise RegistrationError(f"cannot update the work tree of {repo}: {move.stderr.strip()}; "
+                                "commit or discard local changes and run again")
+    return new
+
+
+def register_keys(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
+                  remote_name: str, progress: Callable[[int], None] | None = None) -> None:
+    """Record in git-annex's branch that the remote has each key, and its xnat: URL."""
+    if register_method(repo) == "batch" or not _journal_is_empty(repo):
+        _register_urls_batch(repo, pairs_sorted, remote_name, progress)
+    else:
+        _write_annex_branch(repo, pairs_sorted, remote_uuid, progress)
+
+
+class KeySpool:
+    """(key, url) pairs spooled to disk and sorted by key with `sort`, to keep memory flat."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="surrogateescape",
+                                                 prefix="xnat-keys-", delete=False)
+        self.count = 0
+
+    def add(self, key: str, url: str) -> None:
+        self._file.write(f"{key}\t{url}\n")
+        self.count += 1
+
+    def sorted_pairs(self) -> Iterator[tuple[str, str]]:
+        self._file.close()
+        env = dict(os.environ, LC_ALL="C")
+        proc = subprocess.Popen(["sort", "-t", "\t", "-k1,1", "-s", self._file.name],
+                                stdout=subprocess.PIPE, env=env, text=True,
+                                encoding="utf-8", errors="surrogateescape")
+        assert proc.stdout
+        for line in proc.stdout:
+            key, _, url = line.rstrip("\n").partition("\t")
+            yield key, url
+        proc.wait()
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+            os.unlink(self._file.name)
+        except OSError:
+            pass
