@@ -11,5 +11,9 @@ command_suite = (
     "Track XNAT imaging projects in DataLad datasets",
     [
         # (module, class, command name, Python API name)
+        ("xnat_init.init", "XnatInit", "xnat-init", "xnat_init"),
+        ("xnat_init.update", "XnatUpdate", "xnat-update", "xnat_update"),
+        ("xnat_init.query", "XnatQueryFiles", "xnat-query-files", "xnat_query_files"),
+        ("xnat_init.query", "XnatQueryFiles", "xnat-query", "xnat_query"),
     ],
 )

@@ -1,0 +1,113 @@
+"""What the three commands share: parameters, credential resolution (with the terminal prompt of
+xnat-init), and logging in with errors turned into one actionable line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from datalad.support.constraints import EnsureNone, EnsureStr
+from datalad.support.param import Parameter
+
+from git_annex_remote_xnat.credentials import (
+    ANONYMOUS,
+    Credential,
+    default_credential_name,
+    how_to_provide,
+    lookup_credential,
+)
+
+lgr = logging.getLogger("datalad.xnat")
+
+
+def filter_params(for_update: bool = False) -> dict[str, Parameter]:
+    """-p -s -e -c --credential, worded for init/query or for update (overrides)."""
+    override = " Overrides the value xnat-init stored." if for_update else ""
+    return dict(
+        project=Parameter(
+            args=("-p", "--project"), metavar="PROJECT",
+            doc="XNAT project ID." + override,
+            constraints=EnsureStr() | EnsureNone()),
+        subject=Parameter(
+            args=("-s", "--subject"), metavar="SUBJECT",
+            doc="only this subject (ID or label)." + override,
+            constraints=EnsureStr() | EnsureNone()),
+        experiment=Parameter(
+            args=("-e", "--experiment"), metavar="EXPERIMENT",
+            doc="only this experiment/session (ID or label)." + override,
+            constraints=EnsureStr() | EnsureNone()),
+        collection=Parameter(
+            args=("-c", "--collection"), metavar="LABEL", action="append",
+            doc="only resources with this label (DICOM, NIFTI, ...); repeat for several."
+                + override,
+            constraints=EnsureStr() | EnsureNone()),
+        credential=Parameter(
+            args=("--credential",), metavar="NAME",
+            doc="name of the credential to use (looked up in DATALAD_CREDENTIAL_<NAME>_USER/"
+                "_PASSWORD, git config datalad.credential.<name>.user/.password, and the "
+                "keyring service datalad-<name>), or 'anonymous' for guest access. Default: "
+                "the server's host name." + override,
+            constraints=EnsureStr() | EnsureNone()),
+    )
+
+
+def is_terminal() -> bool:
+    """Whether a person can answer a prompt (DataLad's UI knows about -f json, tests, ...)."""
+    from datalad.ui import ui
+
+    try:
+        return bool(ui.is_interactive) and os.isatty(0)
+    except Exception:  # noqa: BLE001 - no UI at all
+        return False
+
+
+def prompt_credential(name: str, url: str, previous_user: str | None = None) -> Credential:
+    """Ask for user and password in the terminal (the password hidden)."""
+    from datalad.ui import ui
+
+    user = ui.question(f"User name (or alias token) for {url}", title=f"Credential '{name}'",
+                       default=previous_user)
+    password = ui.question(f"Password (or token secret) for {user}", hidden=True)
+    return Credential(name, user, password, "prompt")
+
+
+@dataclass
+class ResolvedCredential:
+    credential: Credential | None
+    prompted: bool
+    message: str = ""
+
+
+def resolve_credential(name: str | None, url: str, repo: str | None, *, may_prompt: bool,
+                       force_ask: bool = False) -> ResolvedCredential:
+    """The credential to log in with; may prompt (xnat-init in a terminal only).
+
+    Returns a ResolvedCredential whose credential is None with a message saying how to provide
+    one when none is found and no prompt is possible.
+    """
+    name = name or default_credential_name(url)
+    if name == ANONYMOUS:
+        return ResolvedCredential(lookup_credential(ANONYMOUS), False)
+    found = None if force_ask else lookup_credential(name, repo=repo)
+    if found is not None:
+        return ResolvedCredential(found, False)
+    if may_prompt and is_terminal():
+        return ResolvedCredential(prompt_credential(name, url), True)
+    return ResolvedCredential(None, False, f"no credential '{name}' for {url}: "
+                              + how_to_provide(name))
+
+
+def force_ask_requested(ds_config=None) -> bool:
+    """`datalad -c datalad.credentials.force-ask=1 ...`"""
+    from datalad import cfg
+
+    config = ds_config or cfg
+    try:
+        return bool(config.getbool("datalad.credentials", "force-ask", default=False))
+    except (ValueError, TypeError):
+        return False
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())

@@ -1,0 +1,155 @@
+"""The dataset's XNAT configuration: `[datalad "xnat.<name>"]` in `.datalad/config`, the provider
+file, and the name of the special remote.
+
+Why `.datalad/config`: it is committed, so a clone knows which server, project and layout the
+dataset tracks and `datalad xnat-update` works there too. It never holds a secret: only the
+*name* of a credential, looked up at run time (git_annex_remote_xnat.credentials).
+
+Remote names: the instance called `default` gets the special remote `xnat` (what users type:
+`git annex get --from xnat`); any other instance `<name>` gets `xnat-<name>`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from git_annex_remote_xnat.urls import server_id
+
+DEFAULT_NAME = "default"
+CONFIG_FILE = ".datalad/config"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class ConfigError(ValueError):
+    """The dataset has no (or an unusable) XNAT configuration; the message says what to run."""
+
+
+def check_instance_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise ConfigError(f"instance name {name!r} must be letters, digits, '-' or '_' "
+                          "(it becomes part of a git config section and a remote name)")
+    return name
+
+
+def remote_name(name: str) -> str:
+    """The git-annex special remote of an instance: `xnat` for `default`, else `xnat-<name>`."""
+    return "xnat" if name == DEFAULT_NAME else f"xnat-{name}"
+
+
+def provider_path(name: str) -> str:
+    return f".datalad/providers/xnat-{name}.cfg"
+
+
+def section(name: str) -> str:
+    return f"datalad.xnat.{name}"
+
+
+@dataclass
+class XnatConfig:
+    """One tracked XNAT instance, as `xnat-init` wrote it."""
+
+    name: str
+    url: str
+    project: str
+    pathfmt: str
+    credential: str
+    subject: str | None = None
+    experiment: str | None = None
+    collections: list[str] = field(default_factory=list)
+
+    @property
+    def remote(self) -> str:
+        return remote_name(self.name)
+
+    def as_items(self) -> list[tuple[str, str]]:
+        """(key, value) pairs in file order; `collection` repeats."""
+        items = [("url", self.url), ("project", self.project)]
+        if self.subject:
+            items.append(("subject", self.subject))
+        if self.experiment:
+            items.append(("experiment", self.experiment))
+        items += [("collection", c) for c in self.collections]
+        items += [("pathfmt", self.pathfmt), ("credential-name", self.credential),
+                  ("remote", self.remote)]
+        return items
+
+
+def _git_config(config_file: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", "config", "-f", str(config_file), *args], capture_output=True,
+                          text=True)
+    if check and proc.returncode not in (0, 1):
+        raise ConfigError(f"git config -f {config_file} {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def read_config(dataset_path: Path, name: str) -> XnatConfig | None:
+    """The instance's configuration from `.datalad/config`, or None when there is none."""
+    config_file = Path(dataset_path) / CONFIG_FILE
+    if not config_file.exists():
+        return None
+    prefix = section(name) + "."
+    proc = _git_config(config_file, "-z", "--get-regexp", "^" + re.escape(prefix))
+    values: dict[str, list[str]] = {}
+    for entry in proc.stdout.split("\0"):
+        if not entry:
+            continue
+        key, _, value = entry.partition("\n")
+        values.setdefault(key[len(prefix):].lower(), []).append(value)
+    if "url" not in values:
+        return None
+
+    def one(key: str) -> str | None:
+        found = values.get(key)
+        return found[-1] if found else None
+
+    from .layout import DEFAULT_PATHFMT
+
+    return XnatConfig(name=name, url=one("url") or "", project=one("project") or "",
+                      pathfmt=one("pathfmt") or DEFAULT_PATHFMT,
+                      credential=one("credential-name") or "",
+                      subject=one("subject") or None, experiment=one("experiment") or None,
+                      collections=[c for c in values.get("collection", []) if c])
+
+
+def config_file_content(base: bytes | None, config: XnatConfig) -> bytes:
+    """`.datalad/config` content with the instance's section (re)written, other sections kept.
+
+    Computed on a scratch copy so the caller can commit it without touching the work tree first.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="xnat-config-") as scratch:
+        path = Path(scratch) / "config"
+        path.write_bytes(base or b"")
+        _git_config(path, "--remove-section", section(config.name), check=False)
+        for key, value in config.as_items():
+            _git_config(path, "--add", f"{section(config.name)}.{key}", value)
+        return path.read_bytes()
+
+
+def provider_file_content(config: XnatConfig) -> bytes:
+    """A DataLad provider file: `datalad download-url` of this server's REST URLs finds the
+    same credential (http_basic_auth) as the special remote does."""
+    server = server_id(config.url)
+    url_re = "^https?://" + re.escape(server) + "/.*"
+    if config.credential == "anonymous":
+        return (
+            f"# Written by datalad xnat-init: {server} is read anonymously (guest access).\n"
+            f"[provider:xnat-{config.name}]\n"
+            f"url_re = {url_re}\n"
+            f"authentication_type = none\n"
+        ).encode()
+    return (
+        f"# Written by datalad xnat-init: where the credential for {server} comes from.\n"
+        f"# It names the credential only; the secret stays in the keyring or environment.\n"
+        f"[provider:xnat-{config.name}]\n"
+        f"url_re = {url_re}\n"
+        f"authentication_type = http_basic_auth\n"
+        f"credential = {config.credential}\n"
+        f"\n"
+        f"[credential:{config.credential}]\n"
+        f"type = user_password\n"
+    ).encode()

@@ -1,0 +1,328 @@
+"""datalad xnat-init: point a dataset at an XNAT project.
+
+Everything that can fail for a reason the user can fix (URL, server, password, project, pathfmt)
+is checked before the dataset is touched, so a failed xnat-init leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+from datalad.distribution.dataset import (
+    EnsureDataset,
+    datasetmethod,
+    require_dataset,
+)
+from datalad.interface.base import Interface, build_doc, eval_results
+from datalad.interface.results import get_status_dict
+from datalad.support.constraints import EnsureNone, EnsureStr
+from datalad.support.param import Parameter
+
+from git_annex_remote_xnat.credentials import (
+    ANONYMOUS,
+    CredentialError,
+    store_credential,
+)
+from git_annex_remote_xnat.urls import XnatUrlError, normalize_base_url
+
+from .common import (
+    filter_params,
+    force_ask_requested,
+    is_terminal,
+    one_line,
+    prompt_credential,
+    resolve_credential,
+)
+from .config import (
+    CONFIG_FILE,
+    DEFAULT_NAME,
+    ConfigError,
+    XnatConfig,
+    check_instance_name,
+    config_file_content,
+    provider_file_content,
+    provider_path,
+    read_config,
+    remote_name,
+)
+from .layout import DEFAULT_PATHFMT, LayoutError, PathFormat
+
+lgr = logging.getLogger("datalad.xnat.init")
+ACTION = "xnat_init"
+
+
+@build_doc
+class XnatInit(Interface):
+    """Track an XNAT project in a dataset: configuration, credential check, special remote.
+
+    Logs in to the server once, checks that the project (and subject or experiment, when given)
+    exists and is readable, and then writes the section ``[datalad "xnat.<name>"]`` of
+    ``.datalad/config`` (url, project, subject, experiment, collection, pathfmt,
+    credential-name, remote), a DataLad provider file ``.datalad/providers/xnat-<name>.cfg``,
+    and initialises the git-annex special remote (``xnat`` for the instance ``default``, else
+    ``xnat-<name>``; ``type=external externaltype=xnat encryption=none autoenable=true``, so
+    clones enable it by themselves). No secret is ever written to the dataset: only the name of
+    the credential. When no credential is found and a terminal is attached, user and password
+    are asked for and, once they worked, stored in the keyring as ``datalad-<credential>``;
+    ``datalad -c datalad.credentials.force-ask=1 xnat-init ...`` asks again.
+
+    Then run ``datalad xnat-update`` to register the files.
+    """
+
+    _params_ = dict(
+        url=Parameter(
+            args=("url",), metavar="URL",
+            doc="XNAT server, e.g. https://xnat.example.org (with its context path if any)",
+            constraints=EnsureStr()),
+        dataset=Parameter(
+            args=("-d", "--dataset"), metavar="DATASET",
+            doc="dataset to configure (default: the one at the current directory)",
+            constraints=EnsureDataset() | EnsureNone()),
+        pathfmt=Parameter(
+            args=("-F", "--pathfmt"), metavar="PATHFMT",
+            doc="""folders a file goes in, ending with '/'; the file's path inside its resource
+            follows. Placeholders {project} {subject} {session} {subject_id} {session_id} {scan}
+            {scan_type} {resource}; '//' starts a subdataset, e.g.
+            '{subject}//{session}/{scan}/'. Session, subject and project resources go to
+            '<folders up to the first scan-level placeholder>/resources/<label>/'.""",
+            constraints=EnsureStr() | EnsureNone()),
+        force=Parameter(
+            args=("-f", "--force"), action="store_true",
+            doc="re-initialise an instance that is already configured"),
+        interactive=Parameter(
+            args=("--interactive",), action="store_true",
+            doc="""without --project, list the projects you can read and let you pick one
+            (the default whenever a terminal is attached)"""),
+        name=Parameter(
+            args=("--name",), metavar="NAME",
+            doc="name of this XNAT instance in the dataset (several can be tracked)",
+            constraints=EnsureStr() | EnsureNone()),
+        **filter_params(),
+    )
+
+    _examples_ = [
+        dict(text="Track a public project anonymously",
+             code_cmd="datalad xnat-init https://central.xnat.org -p Sample_DICOM "
+                      "--credential anonymous"),
+        dict(text="One subdataset per subject, NIFTI only",
+             code_cmd="datalad xnat-init https://xnat.example.org -p P1 -c NIFTI "
+                      "-F '{subject}//{session}/{scan}/'"),
+    ]
+
+    @staticmethod
+    @datasetmethod(name="xnat_init")
+    @eval_results
+    def __call__(url, *, dataset=None, pathfmt=None, project=None, subject=None,
+                 experiment=None, collection=None, credential=None, force=False,
+                 interactive=False, name=None):
+        ds = require_dataset(dataset, check_installed=True, purpose="initialise XNAT tracking")
+        name = name or DEFAULT_NAME
+        pathfmt = pathfmt or DEFAULT_PATHFMT
+
+        def failure(message, status="error", **kwargs):
+            return get_status_dict(action=ACTION, ds=ds, status=status, message=message,
+                                   logger=lgr, **kwargs)
+
+        # ---- everything checked before the dataset is touched
+        try:
+            check_instance_name(name)
+            base_url = normalize_base_url(url)
+            PathFormat(pathfmt)
+        except (ConfigError, XnatUrlError, LayoutError) as exc:
+            yield failure(str(exc))
+            return
+        if not ds.repo or not hasattr(ds.repo, "call_annex"):
+            yield failure(f"{ds.path} is not a git-annex dataset; create it with "
+                          "`datalad create` (without --no-annex)")
+            return
+        existing = read_config(ds.pathobj, name)
+        if existing and not force:
+            same = (existing.url == base_url and (project is None or existing.project == project))
+            yield failure(
+                f"XNAT instance '{name}' is already initialised ({existing.url}, project "
+                f"{existing.project}); run `datalad xnat-update` to fetch, or xnat-init --force "
+                "to re-initialise" + ("" if name != DEFAULT_NAME else
+                                      ", or --name NAME to track a second one"),
+                status="notneeded" if same else "impossible")
+            return
+
+        credential_name = credential or (existing.credential if existing and not credential
+                                         else None)
+        from git_annex_remote_xnat.credentials import default_credential_name
+
+        credential_name = credential_name or default_credential_name(base_url)
+        resolved = resolve_credential(credential_name, base_url, ds.path, may_prompt=True,
+                                      force_ask=force_ask_requested(ds.config))
+        if resolved.credential is None:
+            yield failure(resolved.message)
+            return
+
+        from git_annex_remote_xnat.client import (
+            AuthenticationError,
+            NotFoundError,
+            PermissionDeniedError,
+            XnatClient,
+            XnatError,
+        )
+
+        cred = resolved.credential
+        prompted = resolved.prompted
+        attempts = 3 if prompted else 1
+        client = None
+        for attempt in range(attempts):
+            client = XnatClient(base_url, cred, retries=2)
+            try:
+                client.login()
+                break
+            except AuthenticationError as exc:
+                client.close()
+                if prompted and attempt + 1 < attempts:
+                    lgr.warning("%s", one_line(exc))
+                    cred = prompt_credential(credential_name, base_url, cred.user)
+                    continue
+                yield failure(one_line(exc))
+                return
+            except XnatError as exc:
+                client.close()
+                yield failure(one_line(exc))
+                return
+        assert client is not None
+        try:
+            if not project:
+                try:
+                    readable = client.projects()
+                except XnatError as exc:
+                    yield failure(one_line(exc))
+                    return
+                if not readable:
+                    yield failure(f"user '{cred.user or ANONYMOUS}' can read no project on "
+                                  f"{base_url}; ask for access or use another credential")
+                    return
+                if (interactive or is_terminal()) and is_terminal():
+                    project = _pick_project(readable)
+                else:
+                    listing = ", ".join(p.id for p in readable[:20])
+                    more = " ..." if len(readable) > 20 else ""
+                    yield failure(f"give the project with -p/--project (or --interactive in a "
+                                  f"terminal); projects you can read: {listing}{more}")
+                    return
+            try:
+                client.project(project)
+                subjects = client.subjects(project)
+                if subject and not any(subject in (s.id, s.label) for s in subjects):
+                    raise NotFoundError(f"project {project} has no subject {subject}; "
+                                        "`datalad xnat-query-files URL -p PROJECT` lists them")
+                if experiment:
+                    sessions = client.experiments(project, subject)
+                    if not any(experiment in (e.id, e.label) for e in sessions):
+                        raise NotFoundError(
+                            f"project {project} has no experiment {experiment}"
+                            + (f" for subject {subject}" if subject else ""))
+            except PermissionDeniedError as exc:
+                yield failure(f"project {project} exists but its data is not readable with "
+                              f"credential '{credential_name}': {one_line(exc)}")
+                return
+            except NotFoundError as exc:
+                yield failure(f"no readable project {project} on {base_url} "
+                              f"(or it has no such subject/experiment): {one_line(exc)}")
+                return
+            except XnatError as exc:
+                yield failure(one_line(exc))
+                return
+        finally:
+            client.close()
+
+        if prompted:
+            try:
+                store_credential(cred)
+            except CredentialError as exc:
+                yield get_status_dict(action=ACTION, ds=ds, status="ok", logger=lgr,
+                                      message=f"credential not stored: {exc}")
+
+        config = XnatConfig(name=name, url=base_url, project=project, pathfmt=pathfmt,
+                            credential=credential_name, subject=subject, experiment=experiment,
+                            collections=list(collection or []))
+        try:
+            configure_dataset(ds.pathobj, config, reinit=existing is not None)
+        except (ConfigError, subprocess.CalledProcessError, RuntimeError) as exc:
+            yield failure(f"could not configure the dataset: {one_line(exc)}")
+            return
+        save_message = (f"[DATALAD] xnat-init: track XNAT project {project} at {base_url} "
+                        f"as '{name}' (remote {config.remote})")
+        for res in ds.save(path=[CONFIG_FILE, provider_path(name)], message=save_message,
+                           result_renderer="disabled", return_type="generator",
+                           on_failure="ignore"):
+            if res.get("status") not in ("ok", "notneeded"):
+                yield res
+                return
+        yield get_status_dict(
+            action=ACTION, ds=ds, status="ok", logger=lgr,
+            message=("tracking %s project %s as '%s' (special remote %s, credential %s); "
+                     "next: datalad xnat-update", base_url, project, name, config.remote,
+                     credential_name),
+            xnat_url=base_url, xnat_project=project, xnat_name=name, remote=config.remote,
+            credential_name=credential_name, pathfmt=pathfmt)
+
+
+def _pick_project(projects) -> str:
+    """The interactive picker: a numbered list of readable projects, answer by number or ID."""
+    from datalad.ui import ui
+
+    lines = [f"{index:>3}) {p.id}" + (f"  {p.name}" if p.name and p.name != p.id else "")
+             for index, p in enumerate(projects, start=1)]
+    ui.message("Projects you can read:\n" + "\n".join(lines))
+    ids = [p.id for p in projects]
+    while True:
+        answer = ui.question("Project to track (number or ID)", default=ids[0]).strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(ids):
+            return ids[int(answer) - 1]
+        if answer in ids:
+            return answer
+        ui.message(f"{answer!r} is not in the list")
+
+
+def configure_dataset(dataset_path: Path, config: XnatConfig, reinit: bool = False) -> None:
+    """Write the config section and provider file and set up the special remote (no commit).
+
+    The special remote goes first: if git-annex refuses it (git-annex-remote-xnat not on PATH,
+    say), the work tree has not been touched yet.
+    """
+    ensure_special_remote(dataset_path, config)
+    config_file = dataset_path / CONFIG_FILE
+    base = config_file.read_bytes() if config_file.exists() else None
+    content = config_file_content(base, config)
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_bytes(content)
+    provider = dataset_path / provider_path(config.name)
+    provider.parent.mkdir(parents=True, exist_ok=True)
+    provider.write_bytes(provider_file_content(config))
+
+
+def special_remote_params(config: XnatConfig) -> list[str]:
+    return ["type=external", "externaltype=xnat", f"url={config.url}",
+            f"credential={config.credential}", "encryption=none", "autoenable=true"]
+
+
+def remote_uuid(dataset_path: Path, name: str) -> str | None:
+    proc = subprocess.run(["git", "-C", str(dataset_path), "config", "--get",
+                           f"remote.{name}.annex-uuid"], capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def ensure_special_remote(dataset_path: Path, config: XnatConfig) -> str:
+    """initremote (or enableremote with the new settings); returns the remote's UUID."""
+    name = config.remote
+    known = subprocess.run(["git", "-C", str(dataset_path), "annex", "info", "--fast", "--json",
+                            name], capture_output=True, text=True)
+    verb = "enableremote" if known.returncode == 0 and '"uuid"' in known.stdout else "initremote"
+    proc = subprocess.run(["git", "-C", str(dataset_path), "annex", verb, name,
+                           *special_remote_params(config)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"git annex {verb} {name} failed: {one_line(proc.stderr)} "
+                          "(is git-annex-remote-xnat on PATH?)")
+    uuid = remote_uuid(dataset_path, name)
+    if not uuid:
+        raise ConfigError(f"git annex {verb} {name} left no remote.{name}.annex-uuid")
+    return uuid
