@@ -20,13 +20,14 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 MUTATION_LOCK = threading.Lock()
 
 
-def short_hash(text: str, n: int = 6) -> str:
-    v = zlib.crc32(text.encode("utf-8")) ^ (zlib.adler32(text.encode("utf-8")) << 7)
-    out = []
-    for _ in range(n):
-        v, r = divmod(v, 36)
-        out.append(_B36[r])
-    return "".join(out)
+_B36_PAIRS = [a + b for a in _B36 for b in _B36]
+
+
+def short_hash(text: str) -> str:
+    """Six base-36 characters derived from `text` (like XNAT's DICOM file-name hashes)."""
+    v = zlib.crc32(text.encode("utf-8"))
+    return _B36_PAIRS[v % 1296] + _B36_PAIRS[(v // 1296) % 1296] + \
+        _B36_PAIRS[(v // 1679616) % 1296]
 
 
 class FileEntry:

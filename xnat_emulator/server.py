@@ -1231,7 +1231,10 @@ class App:
         out_cols = cols + (["URI"] if rows and "URI" in rows[0] and "URI" not in cols else [])
         if not rows and "URI" not in out_cols and "URI" in default_cols:
             pass
-        result = [{c: str(r.get(c, "")) for c in out_cols} for r in rows]
+        if all_columns and rows and list(rows[0]) == out_cols:
+            result = rows            # rows built with exactly these string columns
+        else:
+            result = [{c: str(r.get(c, "")) for c in out_cols} for r in rows]
         fmt = req.fmt
         if fmt == "json":
             rs: dict = {}
