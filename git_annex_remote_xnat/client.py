@@ -46,6 +46,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
 # Comma lists of session or subject IDs per request for level-wide file listings.
 ID_BATCH = 50
+LEVELS = ("scan", "session", "subject", "project")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -315,6 +316,8 @@ class XnatClient:
         self._generation = 0       # bumped by every login; a 401 renews only the session it saw
         self._logged_in = False
         self._resource_labels: dict[str, str] = {}
+        self._comma_support: dict[str, bool] = {}  # "prefix*suffix" -> server takes "ID1,ID2"
+        self._probe: tuple[str, list[str], list[dict[str, Any]] | None] | None = None
 
     # ---------------------------------------------------------------- session lifecycle
 
@@ -553,73 +556,101 @@ class XnatClient:
 
     def iter_files(self, project: str, subject: str | None = None, experiment: str | None = None,
                    resources: Iterable[str] | None = None, jobs: int = 8,
-                   scan_types: bool = True) -> Iterator[FileRecord]:
+                   scan_types: bool = True,
+                   levels: Iterable[str] = LEVELS) -> Iterator[FileRecord]:
         """Every file of a project as FileRecords, in a deterministic order, with few requests.
 
-        Requests: the subjects and the experiments listing, then per session one
-        `scans/ALL/files` listing (every scan's files) and, for scan types, one `scans` listing
-        (skip with scan_types=False), run `jobs` sessions at a time; plus the project's files
-        and the session- and subject-level files in comma-list batches of ID_BATCH IDs.
-        `subject` and `experiment` match an ID or a label; `resources` keeps only those labels.
+        Requests: the subjects and the experiments listing; per session one `scans/ALL/files`
+        listing (every scan's files at once); per ID_BATCH sessions one `scans` listing (scan
+        types) and one `files` listing (session resources), using XNAT's comma lists of IDs;
+        one project `files` listing; subject resources per ID_BATCH subjects, or per subject
+        when the server refuses comma lists there. A server that refuses a comma list gets one
+        request per ID instead. `jobs` requests run at a time; memory stays bounded.
+        `subject` and `experiment` match an ID or a label; `resources` keeps only those labels;
+        `levels` limits which of 'scan', 'session', 'subject', 'project' are listed.
         """
         wanted = set(resources) if resources else None
+        levels = set(levels)
+        quoted_project = quote(project, safe="")
         subjects = {s.id: s for s in self.subjects(project)}
         if subject:
             subjects = {sid: s for sid, s in subjects.items() if subject in (sid, s.label)}
             if not subjects:
                 raise NotFoundError(f"project {project} has no subject {subject}")
-        sessions = [e for e in self._unique_experiments(project) if e.subject_id in subjects
-                    or (not e.subject_id and not subject)]
+        sessions = [e for e in self._unique_experiments(project)
+                    if e.subject_id in subjects or (not e.subject_id and not subject)]
         if experiment:
             sessions = [e for e in sessions if experiment in (e.id, e.label)]
             if not sessions:
                 raise NotFoundError(f"project {project} has no experiment {experiment}"
                                     + (f" for subject {subject}" if subject else ""))
 
-        def keep(record: FileRecord) -> bool:
-            return wanted is None or record.resource in wanted
+        def keep(records: list[FileRecord]) -> list[FileRecord]:
+            return [r for r in records if wanted is None or r.resource in wanted]
 
-        if not subject and not experiment:
-            for remote_file in self._level_files(f"/data/projects/{quote(project, safe='')}"):
-                record = FileRecord(project, "", "", "", "", "", "", "project",
-                                    *self._record_tail(remote_file))
-                if keep(record):
-                    yield record
-        if not experiment:
-            subject_paths = {sid: f"/data/projects/{quote(project, safe='')}/subjects/{quote(sid, safe='')}"
-                             for sid in subjects}
-            by_subject = self._batched_level_files(
-                subject_paths, f"/data/projects/{quote(project, safe='')}/subjects/",
-                aliases={s.label: sid for sid, s in subjects.items()})
-            for sid, subj in subjects.items():
-                for remote_file in by_subject.get(sid, []):
-                    record = FileRecord(project, sid, subj.label, "", "", "", "", "subject",
-                                        *self._record_tail(remote_file))
-                    if keep(record):
-                        yield record
-        session_paths = {e.id: f"/data/experiments/{quote(e.id, safe='')}" for e in sessions}
-        session_level = self._batched_level_files(session_paths, "/data/experiments/")
+        tasks: list[Callable[[], list[FileRecord]]] = []
+        if "project" in levels and not subject and not experiment:
+            def project_task() -> list[FileRecord]:
+                return keep([FileRecord(project, "", "", "", "", "", "", "project",
+                                        *self._record_tail(f))
+                             for f in self._level_files(f"/data/projects/{quoted_project}")])
+            tasks.append(project_task)
 
-        def session_records(session: Experiment) -> list[FileRecord]:
-            subj = subjects.get(session.subject_id)
-            subject_label = session.subject_label or (subj.label if subj else "")
-            types: dict[str, str] = {}
-            if scan_types:
-                types = {scan.id: scan.type for scan in self.scans(session.id)}
-            records = []
-            for row in self._rows(f"/data/experiments/{quote(session.id, safe='')}/scans/ALL/files"):
-                remote_file = RemoteFile.from_row(row)
-                scan_id = _uri_part(remote_file.uri, "scans")
-                records.append(FileRecord(project, session.subject_id, subject_label, session.id,
-                                          session.label, scan_id, types.get(scan_id, ""), "scan",
-                                          *self._record_tail(remote_file)))
-            for remote_file in session_level.get(session.id, []):
-                records.append(FileRecord(project, session.subject_id, subject_label, session.id,
-                                          session.label, "", "", "session",
-                                          *self._record_tail(remote_file)))
-            return [record for record in records if keep(record)]
+        if "subject" in levels and not experiment:
+            subject_prefix = f"/data/projects/{quoted_project}/subjects/"
+            aliases = {s.label: sid for sid, s in subjects.items()}
 
-        for records in _ordered_map(session_records, sessions, jobs):
+            def subject_task(ids: list[str]) -> Callable[[], list[FileRecord]]:
+                def run() -> list[FileRecord]:
+                    found = self._files_by_owner(subject_prefix, ids, "subjects", aliases)
+                    return keep([FileRecord(project, sid, subjects[sid].label, "", "", "", "",
+                                            "subject", *self._record_tail(f))
+                                 for sid in ids for f in found.get(sid, [])])
+                return run
+            tasks.extend(subject_task(ids) for ids in self._id_groups(subject_prefix, list(subjects)))
+
+        need_types = scan_types and "scan" in levels
+        session_ids = [e.id for e in sessions]
+        batches = [session_ids[i:i + ID_BATCH] for i in range(0, len(session_ids), ID_BATCH)]
+        batch_of = {eid: n for n, batch in enumerate(batches) for eid in batch}
+        batch_locks = [threading.Lock() for _ in batches]
+        batch_data: dict[int, tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]] = {}
+
+        def session_batch(n: int) -> tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]:
+            """Scan types and session-level files of a batch of sessions, fetched once."""
+            with batch_locks[n]:
+                if n not in batch_data:
+                    ids = batches[n]
+                    types = self._scan_types(ids) if need_types else {}
+                    own = (self._files_by_owner("/data/experiments/", ids, "experiments")
+                           if "session" in levels else {})
+                    batch_data[n] = (types, own)
+                return batch_data[n]
+
+        def session_task(session: Experiment) -> Callable[[], list[FileRecord]]:
+            def run() -> list[FileRecord]:
+                types, own = session_batch(batch_of[session.id])
+                subj = subjects.get(session.subject_id)
+                head = (project, session.subject_id,
+                        session.subject_label or (subj.label if subj else ""),
+                        session.id, session.label)
+                records = []
+                if "scan" in levels:
+                    session_types = types.get(session.id, {})
+                    for row in self._rows(f"/data/experiments/{quote(session.id, safe='')}"
+                                          "/scans/ALL/files"):
+                        remote_file = RemoteFile.from_row(row)
+                        scan_id = unquote(_uri_part(remote_file.uri, "scans"))
+                        records.append(FileRecord(*head, scan_id, session_types.get(scan_id, ""),
+                                                  "scan", *self._record_tail(remote_file)))
+                for remote_file in own.get(session.id, []):
+                    records.append(FileRecord(*head, "", "", "session",
+                                              *self._record_tail(remote_file)))
+                return keep(records)
+            return run
+        tasks.extend(session_task(session) for session in sessions)
+
+        for records in _ordered_map(lambda task: task(), tasks, jobs):
             yield from records
 
     def _unique_experiments(self, project: str) -> list[Experiment]:
@@ -650,37 +681,75 @@ class XnatClient:
         except NotFoundError:
             return []
 
-    def _batched_level_files(self, paths: dict[str, str], prefix: str,
-                             aliases: dict[str, str] | None = None) -> dict[str, list[RemoteFile]]:
-        """Files of many sessions' (or subjects') own resources, ID_BATCH IDs per request.
+    def _comma_list(self, prefix: str, ids: list[str], suffix: str) -> list[dict[str, Any]] | None:
+        """Rows of `prefix` + "ID1,ID2,..." + `suffix`, or None when the server refuses the list.
 
-        XNAT accepts a comma list of IDs in the path; the owner of each row is read from its URI.
-        If the server refuses the list, fall back to one request per ID.
+        XNAT accepts comma lists of experiment IDs in paths; whether a server also does for
+        other levels is learnt from the first answer and remembered.
         """
+        key = prefix + "*" + suffix
+        if len(ids) < 2 or self._comma_support.get(key) is False:
+            return None
+        try:
+            rows = self._rows(prefix + ",".join(quote(i, safe="") for i in ids) + suffix)
+        except (AuthenticationError, ServerUnreachableError):
+            raise
+        except XnatError:
+            self._comma_support[key] = False
+            return None
+        self._comma_support[key] = True
+        return rows
+
+    def _id_groups(self, prefix: str, ids: list[str]) -> list[list[str]]:
+        """Batches of IDs for comma lists, or single IDs once the server refused a list."""
+        if not ids:
+            return []
+        key = prefix + "*/files"
+        if self._comma_support.get(key) is None and len(ids) > 1:
+            self._probe = (prefix, ids[:ID_BATCH], self._comma_list(prefix, ids[:ID_BATCH], "/files"))
+        if self._comma_support.get(key):
+            return [ids[i:i + ID_BATCH] for i in range(0, len(ids), ID_BATCH)]
+        return [[i] for i in ids]
+
+    def _files_by_owner(self, prefix: str, ids: list[str], owner_kind: str,
+                        aliases: dict[str, str] | None = None) -> dict[str, list[RemoteFile]]:
+        """Files of the own resources of several sessions or subjects, keyed by owner ID.
+
+        One comma-list request when the server takes it (the owner of each row is read from its
+        URI), else one request per ID.
+        """
+        probe = getattr(self, "_probe", None)
+        if probe and probe[0] == prefix and probe[1] == ids:
+            rows = probe[2]
+            self._probe = None
+        else:
+            rows = self._comma_list(prefix, ids, "/files")
+        if rows is None:
+            return {owner: self._level_files(prefix + quote(owner, safe="")) for owner in ids}
         found: dict[str, list[RemoteFile]] = {}
-        ids = list(paths)
-        for start in range(0, len(ids), ID_BATCH):
-            batch = ids[start:start + ID_BATCH]
-            try:
-                if len(batch) == 1:
-                    rows = self.files(paths[batch[0]])
-                    found.setdefault(batch[0], []).extend(rows)
-                    continue
-                rows = self.files(prefix + ",".join(quote(i, safe="") for i in batch))
-            except (NotFoundError, XnatError) as exc:
-                if isinstance(exc, (AuthenticationError, ServerUnreachableError)):
-                    raise
-                for owner in batch:
-                    found.setdefault(owner, []).extend(self._level_files(paths[owner]))
-                continue
-            owner_kind = "experiments" if prefix.endswith("/experiments/") else "subjects"
-            for remote_file in rows:
-                owner = unquote(_uri_part(remote_file.uri, owner_kind))
-                owner = (aliases or {}).get(owner, owner)  # a URI may name a subject by label
-                if owner not in paths:
-                    continue
+        for row in rows:
+            remote_file = RemoteFile.from_row(row)
+            owner = unquote(_uri_part(remote_file.uri, owner_kind))
+            owner = (aliases or {}).get(owner, owner)  # a URI may name a subject by label
+            if owner in ids:
                 found.setdefault(owner, []).append(remote_file)
         return found
+
+    def _scan_types(self, session_ids: list[str]) -> dict[str, dict[str, str]]:
+        """{session ID: {scan ID: type}}: one `scans` listing per batch, or per session."""
+        rows = self._comma_list("/data/experiments/", session_ids, "/scans")
+        types: dict[str, dict[str, str]] = {}
+        if rows is not None:
+            for row in rows:
+                scan = Scan.from_row(row)
+                owner = unquote(_uri_part(scan.uri, "experiments"))
+                types.setdefault(owner, {})[scan.id] = scan.type
+            if all(owner in session_ids for owner in types):
+                return types
+            types = {}
+        for session_id in session_ids:
+            types[session_id] = {scan.id: scan.type for scan in self.scans(session_id)}
+        return types
 
     # ---------------------------------------------------------------- files
 
@@ -718,7 +787,7 @@ class XnatClient:
         last_error: XnatError | None = None
         for attempt in range(self.download_attempts):
             if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 4))
+                time.sleep(min(self.backoff_factor * 2 ** attempt, 10))
             try:
                 return self._download_once(rest_path, Path(dest), size, md5, progress)
             except (DownloadError, ServerUnreachableError) as exc:
