@@ -28,6 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     login.add_argument("--open", dest="require_login", action="store_false",
                        help="open site: anonymous requests run as guest (the default)")
     ap.add_argument("--session-timeout", type=float, default=900.0, help="idle seconds")
+    ap.add_argument("--context-path", default="", help='serve under a path, e.g. "/xnat"')
+    ap.add_argument("--honor-range", action="store_true",
+                    help="answer Range requests with 206 (XNAT itself ignores Range)")
+    ap.add_argument("--max-sessions-per-user", type=int, default=0,
+                    help="refuse logins beyond this many live sessions (0 = no cap)")
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
     f = ap.add_argument_group("faults")
     f.add_argument("--error-rate", type=float, default=0.0)
@@ -50,6 +55,8 @@ def main(argv=None) -> int:
     emu = Emulator(args.preset, seed=args.seed, files=args.files, file_size=args.file_size,
                    require_login=args.require_login,
                    session_timeout=args.session_timeout, host=args.host, port=args.port,
+                   context_path=args.context_path, honor_range=args.honor_range,
+                   max_sessions_per_user=args.max_sessions_per_user,
                    verbose=args.verbose,
                    error_rate=args.error_rate, error_status=args.error_status,
                    fail_every_nth_download=args.fail_every_nth_download,

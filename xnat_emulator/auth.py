@@ -10,15 +10,21 @@ import uuid
 from dataclasses import dataclass, field
 
 TOKEN_LIFETIME_MS = 48 * 3600 * 1000
+# Live sessions kept at most; beyond it expired ones are swept and then the least recently used
+# are dropped (a client that sends Basic credentials without keeping the cookie makes one
+# session per request, as on XNAT; this keeps the emulator's memory bounded).
+MAX_SESSIONS = 200_000
 
 
-@dataclass
 class HttpSession:
-    id: str
-    user: str
-    created: float
-    last_access: float
-    uses: int = 0
+    __slots__ = ("id", "user", "created", "last_access", "uses")
+
+    def __init__(self, sid: str, user: str, created: float, last_access: float) -> None:
+        self.id = sid
+        self.user = user
+        self.created = created
+        self.last_access = last_access
+        self.uses = 0
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Auth:
     users: dict[str, str]
     admins: set[str]
     session_timeout: float = 900.0
+    max_sessions_per_user: int = 0      # XNAT's security.sessions.concurrent_max; 0 = no limit
     sessions: dict[str, HttpSession] = field(default_factory=dict)
     tokens: dict[str, AliasToken] = field(default_factory=dict)
 
@@ -62,13 +69,31 @@ class Auth:
         return None
 
     # -- sessions ------------------------------------------------------------------------
-    def new_session(self, user: str) -> HttpSession:
+    def new_session(self, user: str) -> HttpSession | None:
+        """A new session for `user`, or None when the user's concurrent-session cap is hit."""
         now = time.time()
         sid = secrets.token_hex(16).upper()
         s = HttpSession(sid, user, now, now)
         with self.lock:
+            cap = self.max_sessions_per_user
+            if cap:
+                mine = [x for x in self.sessions.values() if x.user == user]
+                live = [x for x in mine if now - x.last_access <= self.session_timeout]
+                if len(live) >= cap:
+                    return None
             self.sessions[sid] = s
+            if len(self.sessions) > MAX_SESSIONS:
+                self._sweep(now)
         return s
+
+    def _sweep(self, now: float) -> None:
+        tmo = self.session_timeout
+        for k in [k for k, x in self.sessions.items() if now - x.last_access > tmo]:
+            del self.sessions[k]
+        if len(self.sessions) > MAX_SESSIONS * 9 // 10:
+            by_age = sorted(self.sessions.values(), key=lambda x: x.last_access)
+            for x in by_age[:len(self.sessions) - MAX_SESSIONS * 8 // 10]:
+                del self.sessions[x.id]
 
     def use_session(self, sid: str, max_uses: int = 0) -> HttpSession | None:
         """The live session for a cookie value (refreshing its idle timer), else None."""

@@ -17,6 +17,11 @@ from .presets.common import ADMINS, USERS
 from .server import App, make_server
 
 
+def _now_str() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """One file the server holds, as `Emulator.iter_files` reports it.
@@ -59,7 +64,16 @@ class Emulator:
     def __init__(self, preset: str = "small", *, seed: int = 0, files: int | None = None,
                  file_size: int | None = None, require_login: bool = True,
                  session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
-                 verbose: bool = False, **faults) -> None:
+                 context_path: str = "", honor_range: bool = False,
+                 max_sessions_per_user: int = 0, verbose: bool = False, **faults) -> None:
+        """Build the site from `preset` (see xnat_emulator.presets) and prepare the server.
+
+        Beyond the contract: `context_path` serves under e.g. "/xnat" (listings then report
+        `serverRoot` "/xnat" and URIs stay `/data/...`, as XNAT does); `honor_range` answers
+        `Range` requests with 206 (XNAT ignores Range, so the default is off);
+        `max_sessions_per_user` emulates `security.sessions.concurrent_max` (0 = no cap);
+        any other keyword sets a fault (see xnat_emulator.faults).
+        """
         self.preset = preset
         self.seed = seed
         self.host = host
@@ -70,7 +84,8 @@ class Emulator:
         self.users = dict(USERS)
         self.app = App(self.site, require_login=require_login, session_timeout=session_timeout,
                        faults=self.faults, counters=self.counters, users=self.users,
-                       admins=ADMINS, verbose=verbose)
+                       admins=ADMINS, context_path=context_path, honor_range=honor_range,
+                       max_sessions_per_user=max_sessions_per_user, verbose=verbose)
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -96,6 +111,7 @@ class Emulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -109,7 +125,7 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.host}:{self.port}{self.app.context_path}"
 
     # -- settings at run time -------------------------------------------------------------
     @property
@@ -127,6 +143,14 @@ class Emulator:
     @session_timeout.setter
     def session_timeout(self, value: float) -> None:
         self.app.auth.session_timeout = float(value)
+
+    @property
+    def honor_range(self) -> bool:
+        return self.app.honor_range
+
+    @honor_range.setter
+    def honor_range(self, value: bool) -> None:
+        self.app.honor_range = bool(value)
 
     def expire_sessions(self) -> None:
         """Invalidate every JSESSION now (as a server restart would)."""
@@ -185,7 +209,7 @@ class Emulator:
     def _experiment(self, token: str, project: str | None) -> Experiment:
         e = self.site.experiments.get(token)
         if e is None:
-            for x in self.site.experiments.values():
+            for x in list(self.site.experiments.values()):
                 if (project is None or project in x.labels) and token in x.labels.values():
                     e = x
                     break
@@ -196,7 +220,7 @@ class Emulator:
     def _subject(self, token: str, project: str | None) -> Subject:
         s = self.site.subjects.get(token)
         if s is None:
-            for x in self.site.subjects.values():
+            for x in list(self.site.subjects.values()):
                 if (project is None or project in x.labels) and token in x.labels.values():
                     s = x
                     break
@@ -248,6 +272,51 @@ class Emulator:
         r = self._resource(resource, project=project, subject=subject, session=session,
                            scan=scan, assessor=assessor, create=False)
         r.remove(path.strip("/"))
+
+    def add_subject(self, project: str, label: str) -> str:
+        """Add a subject to `project`; returns its new accession ID."""
+        p = self.site.project(project)
+        if p is None:
+            raise KeyError(f"no project {project}")
+        with self.site.lock:
+            if any(s.label_in(p.id) == label for s in p.subjects):
+                raise FileExistsError(label)
+            return self.site.add_subject(p, label, insert_date=_now_str()).id
+
+    def add_session(self, project: str, subject: str, label: str, *,
+                    xsi_type: str = "xnat:mrSessionData", date: str = "") -> str:
+        """Add an imaging session (no scans yet; add files with `add_file(..., scan=...)`).
+
+        `subject` is an ID or a label in `project`; returns the new session's accession ID.
+        """
+        subj = self._subject(subject, project)
+        p = self.site.project(project)
+        if p is None or p.id != subj.project.id:
+            raise KeyError(f"subject {subject} is not owned by project {project}")
+        with self.site.lock:
+            if any(x.label_in(p.id) == label for x in p.experiments):
+                raise FileExistsError(label)
+            exp = self.site.add_session(subj, label, xsi_type=xsi_type,
+                                        date=date or time.strftime("%Y-%m-%d"),
+                                        time_=time.strftime("%H:%M:%S"),
+                                        insert_date=_now_str(), modality="MR")
+        return exp.id
+
+    def delete_session(self, session: str, project: str | None = None) -> None:
+        """Remove a session (or an assessor) and everything below it."""
+        e = self._experiment(session, project)
+        site = self.site
+        with site.lock:
+            site.experiments.pop(e.id, None)
+            if e.is_assessor:
+                e.session.assessors = [a for a in e.session.assessors if a is not e]
+                return
+            for a in e.assessors:
+                site.experiments.pop(a.id, None)
+            e.subject.experiments = [x for x in e.subject.experiments if x is not e]
+            for pid in e.labels:
+                p = site.projects[pid]
+                p.experiments = [x for x in p.experiments if x is not e]
 
     # -- inspection -----------------------------------------------------------------------
     def iter_files(self, project: str, *, levels: tuple[str, ...] | None = None

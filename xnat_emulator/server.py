@@ -13,6 +13,8 @@ import json
 import re
 import socket
 import sys
+import tarfile
+import threading
 import time
 import traceback
 import zipfile
@@ -132,6 +134,7 @@ class Response:
         self.stream = stream          # iterator of bytes (sent with Content-Length or chunked)
         self.length = length          # Content-Length for a stream, if known
         self.fault: str | None = None  # download fault to apply while streaming
+        self.offset = 0                # first byte of a blob stream (Range)
 
 
 class Request:
@@ -388,12 +391,15 @@ class App:
                  faults: Faults | None = None, counters: Counters | None = None,
                  users: dict[str, str] | None = None, admins: Iterable[str] = ("admin",),
                  interactive_agents: Iterable[str] = INTERACTIVE_AGENTS,
-                 verbose: bool = False) -> None:
+                 context_path: str = "", honor_range: bool = False,
+                 max_sessions_per_user: int = 0, verbose: bool = False) -> None:
         self.site = site
+        self.context_path = ("/" + context_path.strip("/")) if context_path.strip("/") else ""
+        self.honor_range = honor_range
         self.require_login = require_login
         self.faults = faults or Faults(site.seed)
         self.counters = counters or Counters()
-        self.auth = Auth(dict(users or {}), set(admins), session_timeout)
+        self.auth = Auth(dict(users or {}), set(admins), session_timeout, max_sessions_per_user)
         self.interactive = [re.compile(p) for p in interactive_agents]
         self.verbose = verbose
 
@@ -447,9 +453,11 @@ class App:
             if who is None:
                 raise AuthRequired("bad credentials", bad_credentials=True)
             s = self.auth.new_session(who)
+            if s is None:
+                raise AuthRequired("too many sessions", bad_credentials=True)
             req.session_id = s.id
             req.new_session = True
-            req.set_cookies.append(f"JSESSIONID={s.id}; Path=/; HttpOnly")
+            req.set_cookies.append(f"JSESSIONID={s.id}; Path={self.context_path or '/'}; HttpOnly")
             self._expiration_cookie(req)
             return who
         if dead_cookie:
@@ -461,15 +469,18 @@ class App:
     def _expiration_cookie(self, req: Request) -> None:
         now_ms = int(time.time() * 1000)
         tmo_ms = int(self.auth.session_timeout * 1000)
-        req.set_cookies.append(f'SESSION_EXPIRATION_TIME="{now_ms},{tmo_ms}"; Path=/')
+        req.set_cookies.append(
+            f'SESSION_EXPIRATION_TIME="{now_ms},{tmo_ms}"; Path={self.context_path or "/"}')
 
     def ensure_session(self, req: Request, user: str) -> str:
         """The session id for JSESSION/auth endpoints, creating one when the request had none."""
         if req.session_id is None:
             s = self.auth.new_session(user)
+            if s is None:
+                raise AuthRequired("too many sessions", bad_credentials=True)
             req.session_id = s.id
             req.new_session = True
-            req.set_cookies.append(f"JSESSIONID={s.id}; Path=/; HttpOnly")
+            req.set_cookies.append(f"JSESSIONID={s.id}; Path={self.context_path or '/'}; HttpOnly")
             self._expiration_cookie(req)
         return req.session_id
 
@@ -579,7 +590,7 @@ class App:
                 return Response(401, LOGIN_PAGE, "text/html;charset=UTF-8",
                                 [("WWW-Authenticate", f'Basic realm="{self.site.site_id}"')])
             return Response(302, b"", "text/plain",
-                            [("Location", req.base_url + LOGIN_PATH)])
+                            [("Location", req.base_url + self.context_path + LOGIN_PATH)])
         return Response(401, status_page(401, "Unauthorized"), "text/html;charset=UTF-8",
                         [("WWW-Authenticate", f'Basic realm="{self.site.site_id}"')])
 
@@ -588,7 +599,7 @@ class App:
             user = self.authenticate(req)
         except AuthRequired:
             return Response(302, b"", "text/plain",
-                            [("Location", req.base_url + LOGIN_PATH)])
+                            [("Location", req.base_url + self.context_path + LOGIN_PATH)])
         if user == "guest":
             who = '<span id="user_info">Logged in as: <span style="color:red;">Guest</span></span>'
         else:
@@ -863,7 +874,7 @@ class App:
         return self._table(req, rows, self.SUBJECT_COLS, total=True, paging=True)
 
     def _list_subjects_global(self, req: Request, user: str) -> Response:
-        rows = [self._subject_row(s, None) for s in self.site.subjects.values()
+        rows = [self._subject_row(s, None) for s in list(self.site.subjects.values())
                 if self.can_read_subject(user, s)]
         return self._table(req, rows, self.SUBJECT_COLS, total=True, paging=True)
 
@@ -902,7 +913,7 @@ class App:
             root = "subject_assessor"
         project = q.get("project")
         rows = []
-        for e in self.site.experiments.values():
+        for e in list(self.site.experiments.values()):
             if root == "subject_assessor" and e.is_assessor:
                 continue
             if root == "assessor" and not e.is_assessor:
@@ -1004,8 +1015,8 @@ class App:
     def _files(self, req: Request, scope: Scope, t: Target) -> Response:
         pairs = self._file_pairs(scope, t)
         fmt = req.fmt
-        if fmt in ("zip", "tar", "tar.gz", "application/zip"):
-            return self._zip(req, scope, t, pairs)
+        if fmt in ("zip", "tar", "tar.gz", "tgz", "application/zip"):
+            return self._zip(req, scope, t, pairs, kind=fmt)
         drop = bool(self.faults.drop_digests)
         rows = []
         for owner, r, base, e in self.iter_file_rows(req, pairs, t):
@@ -1017,7 +1028,7 @@ class App:
         cols = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
                 "cat_ID", "digest"]
         return self._table(req, rows, cols, total=False, title="Files",
-                           columns_meta=[{"key": "URI", "serverRoot": ""}], all_columns=True)
+                           columns_meta=[{"key": "URI", "serverRoot": self.context_path}], all_columns=True)
 
     def _find_file(self, scope: Scope, t: Target) -> tuple[Resource, FileEntry, object]:
         pairs = self._file_pairs(scope, t)
@@ -1034,6 +1045,25 @@ class App:
         headers = [("Last-Modified", http_date(e.mtime)), ("Cache-Control", "must-revalidate")]
         resp = Response(200, b"", content_type_for(e.name), headers,
                         stream=e.blob, length=e.size)
+        rng = req.headers.get("Range") if self.honor_range else None
+        if rng:
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+            if m and (m.group(1) or m.group(2)):
+                if m.group(1):
+                    start = int(m.group(1))
+                    end = int(m.group(2)) if m.group(2) else e.size - 1
+                else:
+                    start = max(0, e.size - int(m.group(2)))
+                    end = e.size - 1
+                end = min(end, e.size - 1)
+                if start > end or start >= e.size:
+                    return Response(416, b"", "text/plain",
+                                    [("Content-Range", f"bytes */{e.size}")])
+                resp.status = 206
+                resp.offset = start
+                resp.length = end - start + 1
+                resp.headers.append(("Content-Range", f"bytes {start}-{end}/{e.size}"))
+            resp.headers.append(("Accept-Ranges", "bytes"))
         if req.method == "GET":
             resp.fault = self.faults.download_fault()
             if resp.fault == "fail":
@@ -1059,8 +1089,8 @@ class App:
             return f"{lab(owner)}/resources/{r.label}/files/{e.path}"
         return f"{owner.id}/resources/{r.label}/files/{e.path}"
 
-    def _zip(self, req: Request, scope: Scope, t: Target, pairs, only: FileEntry | None = None
-             ) -> Response:
+    def _zip(self, req: Request, scope: Scope, t: Target, pairs, only: FileEntry | None = None,
+             kind: str = "zip") -> Response:
         if only is not None:
             items = [(pairs[0][0], pairs[0][1], only)]
         else:
@@ -1081,6 +1111,12 @@ class App:
         except ValueError:
             level = 6
         names = [(self._zip_name(scope, o, r, e), e) for o, r, e in items]
+        if kind in ("tar", "tar.gz", "tgz"):
+            gz = kind != "tar"
+            ext = "tar.gz" if gz else "tar"
+            headers = [("Content-Disposition", f'attachment; filename="{archive}.{ext}"')]
+            return Response(200, b"", "application/x-gzip" if gz else "application/x-tar",
+                            headers, stream=TarStream(names, gz), length=None)
         headers = [("Content-Disposition", f'attachment; filename="{archive}.zip"')]
         return Response(200, b"", "application/zip", headers,
                         stream=ZipStream(names, level), length=None)
@@ -1349,6 +1385,41 @@ class ZipStream:
             yield buf.take()
 
 
+class TarStream:
+    """Streams a tar (optionally gzipped) archive of (name, FileEntry) pairs."""
+
+    def __init__(self, names: list[tuple[str, FileEntry]], gz: bool) -> None:
+        self.names = names
+        self.gz = gz
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        buf = _Collector()
+        with tarfile.open(fileobj=buf, mode="w|gz" if self.gz else "w|") as tf:
+            for name, e in self.names:
+                ti = tarfile.TarInfo(name)
+                ti.size = e.size
+                ti.mtime = int(e.mtime)
+                ti.mode = 0o644
+                tf.addfile(ti, _BlobReader(e.blob))
+                if buf.pending() >= 1 << 16:
+                    yield buf.take()
+        if buf.pending():
+            yield buf.take()
+
+
+class _BlobReader:
+    def __init__(self, blob) -> None:
+        self.blob = blob
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.blob.size - self.pos
+        out = self.blob.read(self.pos, n)
+        self.pos += len(out)
+        return out
+
+
 class _Collector(io.RawIOBase):
     """A write-only, non-seekable sink that zipfile writes into."""
 
@@ -1392,6 +1463,13 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         if self.server.app.verbose:
@@ -1409,6 +1487,12 @@ class Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         path = split.path or "/"
+        ctx = app.context_path
+        if ctx:
+            if path == ctx or path.startswith(ctx + "/"):
+                path = path[len(ctx):] or "/"
+            else:
+                path = "/__outside_context__" + path
         template, kind, payload = app.route(self.command, path)
         prefix = "/data/archive" if path.startswith("/data/archive") else "/data"
         req = Request(self.command, path, query, self.headers, body, prefix)
@@ -1453,7 +1537,7 @@ class Handler(BaseHTTPRequestHandler):
             if head_only:
                 self.end_headers_and(b"")
                 return
-            self._send_blob(blob, resp.length, resp.fault)
+            self._send_blob(blob, resp.length, resp.fault, resp.offset)
             return
         # streamed without a known length (zip): chunked
         self.send_header("Transfer-Encoding", "chunked")
@@ -1477,7 +1561,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"".join(self._headers_buffer) + body)
         self._headers_buffer = []
 
-    def _send_blob(self, blob, length: int, fault: str | None) -> None:
+    def _send_blob(self, blob, length: int, fault: str | None, offset: int = 0) -> None:
         app: App = self.server.app
         limit = length
         if fault == "truncate":
@@ -1487,7 +1571,7 @@ class Handler(BaseHTTPRequestHandler):
         pos = 0
         while pos < limit:
             n = min(1 << 16, limit - pos)
-            chunk = blob.read(pos, n)
+            chunk = blob.read(offset + pos, n)
             if fault == "corrupt":
                 chunk = bytes((b ^ 0x5A) for b in chunk[:64]) + chunk[64:]
             pos += n
@@ -1516,7 +1600,27 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, addr, app: App) -> None:
         self.app = app
+        self._conns: set = set()
+        self._conns_lock = threading.Lock()
         super().__init__(addr, Handler)
+
+    def track(self, conn, alive: bool) -> None:
+        with self._conns_lock:
+            if alive:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    def close_connections(self) -> None:
+        """Shut down open keep-alive connections (so a stopped emulator really is gone)."""
+        with self._conns_lock:
+            conns = list(self._conns)
+            self._conns.clear()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def make_server(app: App, host: str = "127.0.0.1", port: int = 0) -> Server:
