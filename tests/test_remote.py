@@ -248,7 +248,7 @@ def test_expiring_sessions_and_5xx_bursts(tmp_path, xnat, monkeypatch):
 def test_broken_bodies_never_enter_the_annex(tmp_path, xnat, monkeypatch, fault):
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
-    table = register(repo, xnat, experiment="XNAT_E00001", resources=["DICOM"], limit=3)
+    table = register(repo, xnat, experiment="XNAT_E00001", resources=["DICOM"], limit=1)
     setattr(xnat.faults, fault, True)
     out = annex(repo, "get", ".", check=False)
     assert out.returncode != 0 and "nothing was kept" in out.stderr
