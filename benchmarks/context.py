@@ -83,7 +83,8 @@ class Context:
         logdir.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:80]
         log = logdir / f"{time.strftime('%H%M%S')}-{safe}.log"
-        self.log(f"{label}: {' '.join(map(str, cmd))[:200]}")
+        shown = " ".join(map(str, cmd)).replace("\n", "; ")
+        self.log(f"{label}: {shown[:160]}")
         m = measure(cmd, env=env, cwd=cwd, stdin_path=stdin_path,
                     timeout=timeout or self.timeout, log=log)
         status = "ok" if m.ok else (f"TIMEOUT" if m.timed_out else f"exit {m.returncode}")

@@ -1,6 +1,6 @@
 """The download baseline: one curl process fetching the same URLs, 8 transfers at a time.
 
-    curl --parallel --parallel-max 8 --fail -sS -K urls.cfg
+    curl --parallel --parallel-max 8 --fail -sS --no-progress-meter -K urls.cfg
 
 urls.cfg holds `url = ...` / `output = ...` pairs and, first, `user = "alice:…"`, so the secret is
 not on the command line. curl authenticates every request with HTTP Basic, the same credential our
@@ -31,7 +31,8 @@ def prepare(workdir: Path, url: str, records: list[Rec], jobs: int = 8) -> tuple
             out = dest / rec.session_id / rec.scan_id / rec.resource / rec.path
             fh.write(f"output = {_quote(str(out))}\n")
     cfg.chmod(0o600)
-    cmd = ["curl", "--parallel", "--parallel-max", str(jobs), "--fail", "-sS", "-K", str(cfg)]
+    cmd = ["curl", "--parallel", "--parallel-max", str(jobs), "--fail", "-sS", "--no-progress-meter",
+           "-K", str(cfg)]
     return cmd, dest
 
 

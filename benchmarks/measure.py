@@ -128,8 +128,7 @@ class _Poller(threading.Thread):
                 continue
             if pid not in self.kinds or self.kinds[pid] == "other":
                 # a process may exec (shim -> binary): re-classify until it settles
-                self.kinds[pid] = "python" if pid == self.root and _kind(pid) == "other" \
-                    else _kind(pid)
+                self.kinds[pid] = _kind(pid)
             kind = self.kinds[pid]
             if hwm is not None:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)

@@ -27,7 +27,7 @@ def readiness(home: Path) -> str | None:
         except BenchError as exc:
             if what == "git-annex-remote-xnat" and "exited" in str(exc):
                 continue  # it exists; a remote may well refuse --help outside git-annex
-            return f"{what} is not available yet ({exc})"
+            return f"`{what}` is not available yet ({str(exc).split(': ', 1)[-1][:120]})"
     return None
 
 

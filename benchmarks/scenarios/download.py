@@ -84,11 +84,10 @@ def run(ctx: Context, selected: set) -> Section:
             f_peer.extra["counters"] = res.counters
         ctx.workdir(f"download-peer-{sample}")
 
-    for fig in (f_upd, f_get):
-        sec.ratios.append(ratio(case, f"{fig.tool.split(':')[1].strip()} / curl", fig, f_curl,
-                                "≤ 2×", lambda v: v <= 2))
-        sec.ratios.append(ratio(case, f"datalad-xnat / {fig.tool.split(':')[1].strip()}", f_peer,
-                                fig, "≥ 3×", lambda v: v >= 3))
+    for fig, short in ((f_upd, "ours xnat-update"), (f_get, f"ours get -J{jobs}")):
+        sec.ratios.append(ratio(case, f"{short} / curl", fig, f_curl, "≤ 2×", lambda v: v <= 2))
+        sec.ratios.append(ratio(case, f"datalad-xnat / {short}", f_peer, fig, "≥ 3×",
+                                lambda v: v >= 3))
     sec.notes += [
         f"{n:,} files of {size:,} bytes ({n * size / 2**30:.2f} GiB); every tool writes the files "
         "to local disk; ours and datalad-xnat also verify them (git-annex checksums).",

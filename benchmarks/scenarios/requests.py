@@ -97,6 +97,19 @@ def run(ctx: Context, selected: set) -> Section:
         fig.note = (f"{per_file:,} per-file requests ({per_file / sample:.2f} per file); "
                     + ", ".join(f"{k}: {v:,}" for k, v in sorted(routes.items())))[:500]
         fig.extra = {"by_route": routes}
+    # datalad-xnat's whole update at each size: its measured listing plus its measured per-file
+    # requests per file (from the sample run) times N
+    if parts:
+        per_file_ratio = per_file / sample
+        for n in ctx.sizes.register:
+            lparts = split(shared.get(n, {}).get("peer-listing"))
+            if lparts is None:
+                continue
+            total = lparts[0] + per_file_ratio * n
+            sec.add(Figure(f"{n:,} files", "datalad-xnat 0.2.1: xnat-update --reckless fast "
+                           "(derived)", "all requests", "requests", runs=[round(total)],
+                           note=f"its listing at this size ({lparts[0]:,}) + {per_file_ratio:.2f} "
+                                f"requests per file as measured at {sample:,} files"))
     sec.notes.append("Routes are the emulator's route templates; 'listing + auth' is everything "
                      "except single-file GET/HEAD.")
     sec.seconds = time.perf_counter() - t0
