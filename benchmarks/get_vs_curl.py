@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,10 +35,19 @@ def sh(cmd: list[str], cwd: Path | None = None, input: str | None = None,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> float:
+CPU: dict[str, float] = {}
+
+
+def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None,
+          label: str = "") -> float:
+    """Wall seconds of cmd; the CPU seconds of it and its children go to CPU[label]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     sh(cmd, cwd=cwd, env=env)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[label or cmd[0]] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall
 
 
 def main() -> None:
@@ -45,6 +55,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--file-size", type=int, default=262144)
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the same keys from a git-annex directory remote")
     args = parser.parse_args()
     curl = shutil.which("curl") or "/usr/bin/curl"
     work = Path(tempfile.mkdtemp(prefix="get-vs-curl-"))
@@ -79,7 +91,18 @@ def main() -> None:
                input="".join(lines_url))
             sh(["git", "commit", "-q", "-m", "register"], cwd=repo, env=env)
 
-            get_s = timed(["git", "annex", "get", f"-J{args.jobs}", "-q", "."], cwd=repo, env=env)
+            get_s = timed(["git", "annex", "get", f"-J{args.jobs}", "-q", "."], cwd=repo, env=env,
+                          label="get")
+            floor_s = None
+            if args.floor:
+                # git-annex's own per-key cost: the same keys from a local directory remote
+                sh(["git", "annex", "initremote", "dir", "type=directory",
+                    f"directory={work / 'dirremote'}", "encryption=none"], cwd=repo, env=env)
+                (work / "dirremote").mkdir(exist_ok=True)
+                sh(["git", "annex", "copy", "-J4", "-q", "--to", "dir", "."], cwd=repo, env=env)
+                sh(["git", "annex", "drop", "-q", "--force", "."], cwd=repo, env=env)
+                floor_s = timed(["git", "annex", "get", f"-J{args.jobs}", "-q", "--from", "dir",
+                                 "."], cwd=repo, env=env, label="floor")
 
             host = emu.url.split("//", 1)[1].split(":")[0]
             netrc = work / "netrc"
@@ -91,7 +114,8 @@ def main() -> None:
             config.write_text("".join(f'url = "{u}"\noutput = "{out_dir}/c{n:06d}"\n'
                                       for n, u in enumerate(urls)))
             curl_parallel_s = timed([curl, "-s", "-f", "--netrc-file", str(netrc), "--parallel",
-                                     "--parallel-max", str(args.jobs), "-K", str(config)], env=env)
+                                     "--parallel-max", str(args.jobs), "-K", str(config)], env=env,
+                                    label="curl")
             out_dir2 = work / "curl2"
             out_dir2.mkdir()
             listing = work / "urls.txt"
@@ -102,14 +126,19 @@ def main() -> None:
                  f'{curl} -s -f --netrc-file {netrc} -o "{out_dir2}/$1" "$2"', "_"],
                 stdin=listing.open(), check=True, env=env)
             curl_xargs_s = time.perf_counter() - start
-            got = sum(1 for _ in out_dir.iterdir())
+            got = sum(1 for p in out_dir.iterdir() if p.stat().st_size == args.file_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total_mib = len(records) * args.file_size / 2**20
     print(f"files: {len(records)} x {args.file_size} B = {total_mib:.0f} MiB, jobs {args.jobs}")
     print(f"enumerate (XnatClient.iter_files):            {enumerate_s:7.2f} s")
-    print(f"git annex get -J{args.jobs} (git-annex-remote-xnat): {get_s:7.2f} s")
-    print(f"curl --parallel --parallel-max {args.jobs}:           {curl_parallel_s:7.2f} s ({got} files)")
+    print(f"git annex get -J{args.jobs} (git-annex-remote-xnat): {get_s:7.2f} s "
+          f"(CPU {CPU['get']:.1f} s, all processes)")
+    if floor_s is not None:
+        print(f"git annex get -J{args.jobs} from a directory remote: {floor_s:7.2f} s "
+              f"(CPU {CPU['floor']:.1f} s): git-annex's own per-key floor")
+    print(f"curl --parallel --parallel-max {args.jobs}:           {curl_parallel_s:7.2f} s "
+          f"(CPU {CPU['curl']:.1f} s; {got} complete files)")
     print(f"xargs -P{args.jobs} curl (one process per file):   {curl_xargs_s:7.2f} s")
     print(f"ratio get / curl --parallel: {get_s / curl_parallel_s:.2f}; "
           f"get / xargs curl: {get_s / curl_xargs_s:.2f}")

@@ -279,3 +279,25 @@ def test_remote_starts_fast_without_heavy_imports():
             "print(sorted(m for m in ('requests', 'keyring', 'datalad') if m in sys.modules))")
     out = run([sys.executable, "-c", code]).stdout.strip()
     assert out == "[]"
+
+
+def test_addurl_uses_checkurl(tmp_path, xnat, monkeypatch):
+    """addurl --fast makes a verifiable key from CHECKURL's size; plain addurl downloads."""
+    set_env_credential(monkeypatch)
+    repo = make_dataset(tmp_path, xnat)
+    with XnatClient(xnat.url, Credential("emu", "alice", PASSWORD)) as client:
+        records = [r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00001",
+                                                resources=["MAT"])]
+    no_digest = next(r for r in records if r.md5 is None)
+    awkward = next(r for r in records if " " in r.path)
+    annex(repo, "addurl", "--fast", "--file", "motion.par", file_url(xnat.url, no_digest))
+    key = annex(repo, "lookupkey", "motion.par").stdout.strip()
+    assert key.startswith("VURL-s%d-" % no_digest.size)
+    annex(repo, "get", "motion.par")
+    assert (repo / "motion.par").stat().st_size == no_digest.size
+    annex(repo, "addurl", file_url(xnat.url, awkward))
+    added = [p for p in repo.iterdir() if p.name.endswith(".mat")]
+    assert len(added) == 1 and added[0].stat().st_size == awkward.size
+    missing = file_url(xnat.url, awkward).replace(".mat", ".nope")
+    out = annex(repo, "addurl", "--fast", "--file", "nope", missing, check=False)
+    assert out.returncode != 0 and "404" in out.stderr
