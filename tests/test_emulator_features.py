@@ -264,7 +264,7 @@ def test_demo_preset_names(emulator_factory):
     assert any(re.fullmatch(r"[\d.]+-2-\d+-[0-9a-z]{6}\.dcm", n) for n in names)
     assert any(n.endswith("_qc_t.gif") for n in names)
     assert any(n.endswith(".nii.gz") for n in names) and any(n.endswith(".json") for n in names)
-    assert "sub-001/anat/sub-001_T1w.nii.gz" in names
+    assert "sub-01/anat/sub-01_T1w.nii.gz" in names
     assert any(i.md5 is None for i in infos)
     dicom_per_scan = {}
     for i in infos:

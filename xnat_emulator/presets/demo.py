@@ -9,11 +9,13 @@ DEMO (public; alice is a member)   project resource `protocol`: README.txt, scan
       scan 3       T2w            DICOM (32), NIFTI, SNAPSHOTS
       scan BOLD_1  bold           DICOM (30), NIFTI, SNAPSHOTS
       scan 5       dwi            DICOM (24), NIFTI, SNAPSHOTS
-      session resource BIDS: sub-<n>/anat/sub-<n>_T1w.nii.gz, ..._T1w.json,
-                             sub-<n>/func/sub-<n>_task-rest_bold.nii.gz, ..._bold.json,
+      session resource BIDS: sub-01/anat/sub-01_T1w.nii.gz, sub-01/anat/sub-01_T1w.json,
+                             sub-01/func/sub-01_task-rest_bold.nii.gz, ..._bold.json,
                              dataset_description.json
-  DEMO_001 has a subject resource `notes` (intake notes.txt) and its first session an
-  assessor <label>_QC with an out resource QC.
+  (sub-01 for DEMO_001, sub-02 for DEMO_002, sub-03 for DEMO_003)
+  Sessions are XNAT_E00001..XNAT_E00005 in that order. DEMO_001 has a subject resource
+  `notes` (intake notes.txt); DEMO_001_MR1 has an assessor DEMO_001_MR1_QC (XNAT_E00006)
+  with an out resource QC.
 ```
 DICOM files are named `<StudyUID>-<series>-<instance>-<hash>.dcm`, 16 KiB each (or
 `file_size`); SNAPSHOTS are `<E>_<SC>_qc.gif` (ORIGINAL) and `<E>_<SC>_qc_t.gif` (THUMBNAIL).
@@ -61,18 +63,18 @@ def build(seed: int = 0, files: int | None = None, file_size: int | None = None)
                               size=max(2048, size * ndcm // 8))
                     add_snapshots(site, sc)
             exp.add_resource(site.resource("BIDS", "resources", fmt="BIDS",
-                                           files=bids_files(site, exp, num)))
+                                           files=bids_files(site, exp, f"{n:02d}")))
             if n == 1 and k == 1:
-                qc = site.add_assessor(exp, f"{exp.label}_QC", date=exp.date,
-                                       insert_date=exp.insert_date)
-                qc.add_resource(site.resource("QC", "assessors", fmt="TXT", files=[
-                    FileEntry("qc_report.txt", text_blob(f"QC passed for {exp.label}.\n"),
-                              fmt="TXT", mtime=BASE_MTIME),
-                    FileEntry("metrics/metrics.json", text_blob(json.dumps(
-                        {"snr": 38.2, "motion_mm": 0.17}) + "\n"), fmt="JSON",
-                        mtime=BASE_MTIME)]))
+                first = exp
         if n == 1:
             subj.add_resource(site.resource("notes", "resources", fmt="TXT", files=[
                 FileEntry("intake notes.txt", text_blob("DEMO_001 intake notes.\n"), fmt="TXT",
                           mtime=BASE_MTIME)]))
+    qc = site.add_assessor(first, f"{first.label}_QC", date=first.date,
+                           insert_date=first.insert_date)
+    qc.add_resource(site.resource("QC", "assessors", fmt="TXT", files=[
+        FileEntry("qc_report.txt", text_blob(f"QC passed for {first.label}.\n"),
+                  fmt="TXT", mtime=BASE_MTIME),
+        FileEntry("metrics/metrics.json", text_blob(json.dumps(
+            {"snr": 38.2, "motion_mm": 0.17}) + "\n"), fmt="JSON", mtime=BASE_MTIME)]))
     return site
