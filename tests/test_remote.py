@@ -301,3 +301,37 @@ def test_addurl_uses_checkurl(tmp_path, xnat, monkeypatch):
     missing = file_url(xnat.url, awkward).replace(".mat", ".nope")
     out = annex(repo, "addurl", "--fast", "--file", "nope", missing, check=False)
     assert out.returncode != 0 and "404" in out.stderr
+
+
+def speak(lines: list[str], env: dict | None = None) -> list[str]:
+    """Talk the external special remote protocol to the installed program directly."""
+    proc = subprocess.run(["git-annex-remote-xnat"], input="".join(f"{line}\n" for line in lines),
+                          capture_output=True, text=True, env=env, timeout=60)
+    return proc.stdout.splitlines()
+
+
+def test_too_old_git_annex_is_refused(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git-annex").write_text("#!/bin/sh\necho 10.20230126-3\n")
+    (fake / "git-annex").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    out = speak(["EXTENSIONS INFO", "INITREMOTE"], env)
+    assert out[2].startswith("INITREMOTE-FAILURE git-annex 10.20230126-3 is too old")
+    out = speak(["EXTENSIONS INFO", "PREPARE"], env)
+    assert out[2].startswith("PREPARE-FAILURE git-annex 10.20230126-3 is too old")
+
+
+def test_protocol_is_clean_and_claimurl_never_raises():
+    out = speak(["EXTENSIONS INFO GETGITREMOTENAME UNAVAILABLERESPONSE", "PREPARE",
+                 "VALUE http://127.0.0.1:9", "VALUE anonymous",
+                 "CLAIMURL xnat://127.0.0.1:9/experiments/E/scans/1/resources/R/files/a.dcm",
+                 "CLAIMURL xnat://127.0.0.1:99/experiments/E/scans/1/resources/R/files/a.dcm",
+                 "CLAIMURL https://127.0.0.1:9/data/experiments/E", "CLAIMURL \x00%%",
+                 "GETAVAILABILITY", "TRANSFER STORE MD5-s1--0 f", "REMOVE MD5-s1--0"])
+    assert out == ["VERSION 1", "EXTENSIONS", "GETCONFIG url", "GETCONFIG credential",
+                   "PREPARE-SUCCESS", "CLAIMURL-SUCCESS", "CLAIMURL-FAILURE", "CLAIMURL-FAILURE",
+                   "CLAIMURL-FAILURE", "AVAILABILITY GLOBAL",
+                   "TRANSFER-FAILURE STORE MD5-s1--0 " + out[10].split(" ", 3)[3],
+                   "REMOVE-FAILURE MD5-s1--0 " + out[11].split(" ", 2)[2]]
+    assert "read-only" in out[10] and "read-only" in out[11]
