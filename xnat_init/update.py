@@ -415,11 +415,13 @@ class Updater:
         if not self.options.fast:
             yield from self.fetch()
         total = self.counts
-        status = "ok" if (committed or total.fetched) else "notneeded"
+        # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
+        # summary is what users look for ("commits": 0 says nothing changed).
+        status = "ok"
         if total.failed:
             status = "error"
         yield self.result(
-            status, ("%s: %s", self.config.project, total.summary()),
+            status, f"{self.config.project}: {total.summary()}",
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
             skipped=total.skipped, gone=total.gone, removed=total.removed,
@@ -531,6 +533,9 @@ class Updater:
         from git_annex_remote_xnat.client import XnatError
         from git_annex_remote_xnat.urls import rest_path
 
+        self.digestless = self.drop_known_digestless(self.digestless)
+        if not self.digestless:
+            return
         pid = f"xnat-update-hash-{id(self)}"
         log_progress(lgr.info, pid, "Hashing %d files without XNAT digest", len(self.digestless),
                      label="Hashing", total=len(self.digestless), unit=" files")
@@ -570,6 +575,43 @@ class Updater:
                 log_progress(lgr.info, pid, "Hashed %d", done, update=done,
                              noninteractive_level=5)
         log_progress(lgr.info, pid, "Hashed files without XNAT digest")
+
+    def drop_known_digestless(self, items: list) -> list:
+        """Digest-less files already tracked with the same size count as unchanged.
+
+        Without a digest the server cannot tell us about a change of content, and
+        re-downloading every such file on every update would make each update cost what the
+        first one did. --force hashes them again.
+        """
+        if self.options.force:
+            return items
+        by_dataset: dict[str, set[int]] = {}
+        for rendered, _, _ in items:
+            state = self.state_for(rendered.dataset)
+            if state.head is not None and state.tree.paths:
+                by_dataset.setdefault(rendered.dataset, set()).add(
+                    path_hash(rendered.path_in_dataset))
+        known: dict[tuple[str, str], str] = {}
+        for relpath, wanted in by_dataset.items():
+            state = self.states[relpath]
+            for path, key in iter_tracked_symlinks(state.path, state.head, wanted):
+                known[(relpath, path)] = key
+        remaining = []
+        for item in items:
+            rendered, _, record = item
+            inner = rendered.path_in_dataset
+            key = known.get((rendered.dataset, inner))
+            if not key or f"-s{record.size}--" not in key:
+                remaining.append(item)
+                continue
+            state = self.states[rendered.dataset]
+            index = state.tree.lookup(path_hash(inner))
+            if index is not None:
+                state.tree.seen[index] = 1
+            self.counts.unchanged += 1
+            if not self.options.fast:
+                state.want_content(inner)
+        return remaining
 
     # ------------------------------------------------------------------ gone files
 
