@@ -156,3 +156,28 @@ def test_counters_are_thread_safe(xnat):
         list(ex.map(hit, range(8)))
     assert xnat.counters.total == 80
     assert xnat.counters["GET /data/projects"] == 80
+
+
+def test_all_true_accept_not_found_and_kill_sessions(xnat):
+    own = rs(xnat, f"{E1}/files?format=json")["Result"]
+    everything = rs(xnat, f"{E1}/files?format=json&all=true")["Result"]
+    assert len(own) == 5 and len(everything) > len(own) + 30
+    assert any("/assessors/XNAT_E00003/out/resources/" in r["URI"] for r in everything)
+    missing = xnat.url + f"{E1}/resources/BIDS/files/none.txt"
+    assert requests.get(missing, auth=ALICE).status_code == 404
+    assert requests.get(missing + "?accept-not-found=true", auth=ALICE).status_code == 204
+    sid = requests.post(xnat.url + "/data/JSESSION", auth=ALICE).text
+    assert requests.delete(xnat.url + "/xapi/users/active/alice", auth=ALICE).status_code == 403
+    killed = requests.delete(xnat.url + "/xapi/users/active/alice", auth=ADMIN)
+    assert killed.status_code == 200 and sid in killed.json()
+    assert requests.get(xnat.url + "/data/projects", cookies={"JSESSIONID": sid}).status_code == 401
+
+
+def test_download_rate(xnat):
+    uri = xnat.url + rs(xnat, f"{E1}/scans/2/files?format=json")["Result"][0]["URI"]
+    size = len(requests.get(uri, auth=ALICE).content)
+    xnat.faults.download_rate = size * 4          # about a quarter of a second
+    import time
+    t = time.monotonic()
+    assert len(requests.get(uri, auth=ALICE).content) == size
+    assert time.monotonic() - t >= 0.2

@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--corrupt-downloads", type=float, default=0.0,
                    help="probability (1 = every download)")
     f.add_argument("--delay", type=float, default=0.0, help="seconds added per response")
+    f.add_argument("--download-rate", type=int, default=0,
+                   help="bytes per second for file bodies (0 = unlimited)")
     f.add_argument("--expire-sessions-after", type=int, default=0,
                    help="a JSESSION dies after this many requests")
     f.add_argument("--drop-digests", action="store_true")
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
                    fail_every_nth_download=args.fail_every_nth_download,
                    truncate_downloads=args.truncate_downloads,
                    corrupt_downloads=args.corrupt_downloads, delay=args.delay,
+                   download_rate=args.download_rate,
                    expire_sessions_after=args.expire_sessions_after,
                    drop_digests=args.drop_digests)
     from .server import make_server

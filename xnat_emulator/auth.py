@@ -116,6 +116,13 @@ class Auth:
         with self.lock:
             self.sessions.pop(sid, None)
 
+    def drop_user_sessions(self, user: str) -> list[str]:
+        with self.lock:
+            ids = [k for k, x in self.sessions.items() if x.user == user]
+            for k in ids:
+                del self.sessions[k]
+        return ids
+
     def expire_all_sessions(self) -> None:
         with self.lock:
             self.sessions.clear()

@@ -10,6 +10,8 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
   half the body, then close the connection. A float is the probability per download.
 * `corrupt_downloads` (bool or float 0..1): file GETs send the right length but wrong bytes.
 * `delay` (float seconds): added before every response.
+* `download_rate` (bytes per second, 0 = unlimited): file bodies are sent at this rate (a slow
+  body, for timeouts and progress reporting).
 * `expire_sessions_after` (int, 0 = off): a JSESSION dies after that many requests made with it.
 * `drop_digests` (bool): file listings show `digest: ""` for every file.
 * `login_page_instead_of_401` (bool): unauthenticated requests get 200 + the HTML login page
@@ -28,6 +30,7 @@ DEFAULTS = {
     "truncate_downloads": False,
     "corrupt_downloads": False,
     "delay": 0.0,
+    "download_rate": 0,
     "expire_sessions_after": 0,
     "drop_digests": False,
     "login_page_instead_of_401": False,

@@ -497,6 +497,8 @@ class App:
             rest = "/".join(segs[1:]).rstrip("/")
             if rest == "siteConfig/buildInfo":
                 return "/xapi/siteConfig/buildInfo", "build_info", None
+            if rest.startswith("users/active/") and rest.count("/") == 2:
+                return "/xapi/users/active/{u}", "xapi_users_active", rest.rsplit("/", 1)[1]
             return "/xapi/" + rest, "xapi_unknown", None
         if segs[0] in ("data", "REST"):
             prefix = "/" + segs[0]
@@ -561,6 +563,8 @@ class App:
                 return Response(200, body.encode(), "text/plain;charset=UTF-8")
             if kind == "build_info":
                 return Response(200, json.dumps(BUILD_INFO).encode(), "application/json")
+            if kind == "xapi_users_active":
+                return self._kill_user_sessions(req, user, payload)
             if kind == "xapi_unknown":
                 return Response(404, b"", "text/plain")
             if kind == "version":
@@ -625,6 +629,19 @@ class App:
             return Response(200, b"", "text/plain;charset=UTF-8")
         raise HTTPError(405, "Method Not Allowed")
 
+    def _kill_user_sessions(self, req: Request, user: str, target: str) -> Response:
+        """`DELETE /xapi/users/active/{u}` (admin): invalidate every session of a user."""
+        if not self.is_admin(user):
+            return Response(403, b"", "text/plain")
+        if req.method == "DELETE":
+            killed = self.auth.drop_user_sessions(target)
+            return Response(200, json.dumps(killed).encode(), "application/json")
+        if req.method in ("GET", "HEAD"):
+            ids = [s.id for s in list(self.auth.sessions.values()) if s.user == target]
+            return Response(200, json.dumps({"sessions": ids, "count": len(ids)}).encode(),
+                            "application/json")
+        return Response(405, b"", "text/plain")
+
     def _services_auth(self, req: Request) -> Response:
         if req.method not in ("PUT", "POST"):
             raise HTTPError(405, "Method Not Allowed")
@@ -671,6 +688,7 @@ class App:
     # -- data -------------------------------------------------------------------------------
     def _data(self, req: Request, user: str, t: Target) -> Response:
         a = t.action
+        t.extra["all"] = req.query.get("all", "")
         if a == "projects":
             return self._list_projects(req, user)
         if a == "subjects" and not t.steps:
@@ -1039,7 +1057,12 @@ class App:
         raise HTTPError(404, "Unable to find file.")
 
     def _file(self, req: Request, scope: Scope, t: Target) -> Response:
-        r, e, owner = self._find_file(scope, t)
+        try:
+            r, e, owner = self._find_file(scope, t)
+        except HTTPError as exc:
+            if exc.status == 404 and req_flag(req.query.get("accept-not-found")):
+                return Response(204, b"", "text/plain")
+            raise
         if req.fmt == "zip":
             return self._zip(req, scope, t, [(owner, r, "")], only=e)
         headers = [("Last-Modified", http_date(e.mtime)), ("Cache-Control", "must-revalidate")]
@@ -1569,12 +1592,18 @@ class Handler(BaseHTTPRequestHandler):
         first = True
         sent = 0
         pos = 0
+        step = 1 << 16
+        if app.faults.download_rate:
+            step = max(1, min(step, int(app.faults.download_rate) // 10 or 1))
         while pos < limit:
-            n = min(1 << 16, limit - pos)
+            n = min(step, limit - pos)
             chunk = blob.read(offset + pos, n)
             if fault == "corrupt":
                 chunk = bytes((b ^ 0x5A) for b in chunk[:64]) + chunk[64:]
             pos += n
+            rate = app.faults.download_rate
+            if rate and rate > 0:
+                time.sleep(len(chunk) / float(rate))
             if first:
                 self.end_headers_and(chunk)
                 first = False
