@@ -272,8 +272,10 @@ class _Retry(Retry):
 
 
 def _retry_policy(retries: int, backoff_factor: float) -> Retry:
+    # Few connect and read retries: a refused connection or a hung server should fail within
+    # seconds, not minutes; overload answers (429/5xx) get the full count.
     return _Retry(
-        total=retries, connect=retries, read=retries, status=retries, other=0,
+        total=retries, connect=min(retries, 3), read=min(retries, 2), status=retries, other=0,
         backoff_factor=backoff_factor, backoff_max=10,
         status_forcelist=RETRY_STATUSES,
         allowed_methods=frozenset({"GET", "HEAD", "OPTIONS", "DELETE"}),
@@ -410,8 +412,8 @@ class XnatClient:
                 "certificate or REQUESTS_CA_BUNDLE", None, url) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ServerUnreachableError(
-                f"cannot reach {safe_url(url)} ({exc.__class__.__name__}, after {self.retries} "
-                "retries); check the server URL and the network, then try again", None, url) from exc
+                f"cannot reach {safe_url(url)} ({exc.__class__.__name__}, retried); check the "
+                "server URL and the network, then try again", None, url) from exc
         except requests.RequestException as exc:
             raise XnatError(f"{method} {safe_url(url)} failed: {exc}", None, url) from exc
 
@@ -781,8 +783,8 @@ class XnatClient:
         """Stream a file to `dest`, verified; return its size.
 
         The body goes to a temporary name beside `dest` and is renamed only after Content-Length,
-        `size` and `md5` (when given) all match, so a failure leaves `dest` as it was. Transient
-        failures (connection drop, truncation, wrong digest) are retried `download_attempts` times.
+        `size` and `md5` (when given) all match, so a failure leaves `dest` as it was. A body that
+        broke off or arrived with the wrong digest is fetched again, `download_attempts` in all.
         """
         last_error: XnatError | None = None
         for attempt in range(self.download_attempts):
@@ -790,11 +792,9 @@ class XnatClient:
                 time.sleep(min(self.backoff_factor * 2 ** attempt, 10))
             try:
                 return self._download_once(rest_path, Path(dest), size, md5, progress)
-            except (DownloadError, ServerUnreachableError) as exc:
-                last_error = exc
-            except XnatError as exc:
-                if exc.status is None or exc.status < 500:
-                    raise
+            except DownloadError as exc:
+                # Connection errors and 5xx before the body were already retried by urllib3;
+                # what is left to retry here is a body that broke off or arrived corrupted.
                 last_error = exc
         assert last_error is not None
         raise last_error
