@@ -224,3 +224,24 @@ def test_alias_tokens(xnat):
                         cookies={"JSESSIONID": r.text}).status_code == 200
     assert requests.put(xnat.url + "/data/services/auth",
                         data={"username": a2, "password": s2}).status_code == 200
+
+
+def test_no_data_leaks_to_outsiders(emulator_factory):
+    emu = emulator_factory(preset="small", require_login=False)
+    hidden = ["/data/experiments/XNAT_E00006?format=json", "/data/subjects/XNAT_S00005?format=json",
+              "/data/projects/PRIV1/resources?format=json",
+              "/data/projects/PROT1/subjects/PROT_01?format=json",
+              "/data/experiments/XNAT_E00005/scans/ALL/files?format=json",
+              "/data/experiments/XNAT_E00005/resources?format=json",
+              "/data/projects/PROT1/experiments/PROT_01_MR1/scans?format=json",
+              "/data/subjects/XNAT_S00004/experiments?format=json"]
+    for auth in (None, BOB):
+        for path in hidden:
+            if auth == BOB and not any(k in path for k in ("PROT", "E00005", "S00004")):
+                continue          # bob owns PRIV1; PROT1 (protected) stays closed to him
+            r = requests.get(emu.url + path, auth=auth)
+            assert r.status_code == 404, (auth, path, r.status_code)
+    r = requests.get(emu.url + "/data/experiments?format=json")
+    assert {row["project"] for row in r.json()["ResultSet"]["Result"]} == {"PUBLIC1", "SHARED2"}
+    r = requests.get(emu.url + "/data/subjects?format=json")
+    assert {row["project"] for row in r.json()["ResultSet"]["Result"]} == {"PUBLIC1", "SHARED2"}

@@ -952,11 +952,15 @@ class App:
                            paging=True, skip_filters={"project"})
 
     def _list_experiments_project(self, req: Request, user: str, scope: Scope) -> Response:
-        p = scope.project
+        p = scope.project if scope.project is not None else scope.subject.project
         pool = scope.subject.experiments if scope.subject is not None else p.experiments
         rows = []
         for e in pool:
-            if e.is_assessor or p.id not in e.labels:
+            if e.is_assessor:
+                continue
+            if scope.project is not None and p.id not in e.labels:
+                continue
+            if scope.project is None and not self.can_read_experiment(req.user, e):
                 continue
             xsi = req.query.get("xsiType")
             if xsi and "," not in xsi and e.xsi_type.lower() != xsi.lower():
@@ -1536,7 +1540,11 @@ class Handler(BaseHTTPRequestHandler):
             resp = Response(500, status_page(500, "Internal Server Error"),
                             "text/html;charset=UTF-8")
         app.counters.record(f"{self.command} {template}", resp.status)
-        self._write(req, resp)
+        try:
+            self._write(req, resp)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            # the client went away mid-response (a cancelled download): not an error here
+            self.close_connection = True
 
     def _write(self, req: Request, resp: Response) -> None:
         app: App = self.server.app
@@ -1632,6 +1640,12 @@ class Server(ThreadingHTTPServer):
         self._conns: set = set()
         self._conns_lock = threading.Lock()
         super().__init__(addr, Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return                  # clients closing keep-alive connections, shutdowns
+        super().handle_error(request, client_address)
 
     def track(self, conn, alive: bool) -> None:
         with self._conns_lock:
