@@ -96,9 +96,9 @@ def main() -> None:
             floor_s = None
             if args.floor:
                 # git-annex's own per-key cost: the same keys from a local directory remote
+                (work / "dirremote").mkdir(exist_ok=True)
                 sh(["git", "annex", "initremote", "dir", "type=directory",
                     f"directory={work / 'dirremote'}", "encryption=none"], cwd=repo, env=env)
-                (work / "dirremote").mkdir(exist_ok=True)
                 sh(["git", "annex", "copy", "-J4", "-q", "--to", "dir", "."], cwd=repo, env=env)
                 sh(["git", "annex", "drop", "-q", "--force", "."], cwd=repo, env=env)
                 floor_s = timed(["git", "annex", "get", f"-J{args.jobs}", "-q", "--from", "dir",
