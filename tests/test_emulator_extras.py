@@ -181,3 +181,23 @@ def test_download_rate(xnat):
     t = time.monotonic()
     assert len(requests.get(uri, auth=ALICE).content) == size
     assert time.monotonic() - t >= 0.2
+
+
+def test_legacy_mode_checksums_off_and_agents(emulator_factory):
+    old = emulator_factory(preset="small", version_mode="legacy", checksums=False,
+                           interactive_agents=(r".*MyBrowser.*",))
+    v = requests.get(old.url + "/data/version", auth=ALICE)
+    assert v.status_code == 200 and v.text == "1.6.5"
+    assert requests.get(old.url + "/xapi/siteConfig/buildInfo", auth=ALICE).status_code == 404
+    tok = requests.get(old.url + "/data/services/tokens/issue", auth=ALICE).json()
+    assert set(tok) == {"alias", "secret", "estimatedExpirationTime"}
+    assert isinstance(tok["estimatedExpirationTime"], str)
+    html = requests.get(old.url + "/data/projects", auth=ALICE)
+    assert html.headers["Content-Type"].startswith("text/html")
+    res = rs(old, "/data/experiments?format=json&limit=1&offset=1", auth=ADMIN)
+    assert len(res["Result"]) > 1                         # paging ignored
+    assert {r["digest"] for r in rs(old, f"{E1}/scans/ALL/files?format=json")["Result"]} == {""}
+    assert requests.get(old.url + "/data/projects", allow_redirects=False,
+                        headers={"User-Agent": "Mozilla/5.0"}).status_code == 401
+    assert requests.get(old.url + "/data/projects", allow_redirects=False,
+                        headers={"User-Agent": "MyBrowser/1"}).status_code == 302

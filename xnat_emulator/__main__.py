@@ -33,6 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="answer Range requests with 206 (XNAT itself ignores Range)")
     ap.add_argument("--max-sessions-per-user", type=int, default=0,
                     help="refuse logins beyond this many live sessions (0 = no cap)")
+    ap.add_argument("--no-checksums", dest="checksums", action="store_false",
+                    help="a site with checksums off: every listed digest is empty")
+    ap.add_argument("--legacy", dest="version_mode", action="store_const", const="legacy",
+                    default="modern", help="answer like XNAT 1.6 (/data/version, old tokens)")
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
     f = ap.add_argument_group("faults")
     f.add_argument("--error-rate", type=float, default=0.0)
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
                    session_timeout=args.session_timeout, host=args.host, port=args.port,
                    context_path=args.context_path, honor_range=args.honor_range,
                    max_sessions_per_user=args.max_sessions_per_user,
+                   checksums=args.checksums, version_mode=args.version_mode,
                    verbose=args.verbose,
                    error_rate=args.error_rate, error_status=args.error_status,
                    fail_every_nth_download=args.fail_every_nth_download,

@@ -65,13 +65,20 @@ class Emulator:
                  file_size: int | None = None, require_login: bool = True,
                  session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
                  context_path: str = "", honor_range: bool = False,
-                 max_sessions_per_user: int = 0, verbose: bool = False, **faults) -> None:
+                 max_sessions_per_user: int = 0, checksums: bool = True,
+                 version_mode: str = "modern",
+                 interactive_agents: "tuple[str, ...] | None" = None,
+                 verbose: bool = False, **faults) -> None:
         """Build the site from `preset` (see xnat_emulator.presets) and prepare the server.
 
         Beyond the contract: `context_path` serves under e.g. "/xnat" (listings then report
         `serverRoot` "/xnat" and URIs stay `/data/...`, as XNAT does); `honor_range` answers
         `Range` requests with 206 (XNAT ignores Range, so the default is off);
         `max_sessions_per_user` emulates `security.sessions.concurrent_max` (0 = no cap);
+        `checksums=False` is a site with checksums off (every listed digest is "");
+        `version_mode="legacy"` answers like XNAT 1.6 (`/data/version` is "1.6.5", no
+        buildInfo, old token JSON, no limit/offset, HTML listings without `format`);
+        `interactive_agents` replaces the browser User-Agent regexes;
         any other keyword sets a fault (see xnat_emulator.faults).
         """
         self.preset = preset
@@ -85,7 +92,10 @@ class Emulator:
         self.app = App(self.site, require_login=require_login, session_timeout=session_timeout,
                        faults=self.faults, counters=self.counters, users=self.users,
                        admins=ADMINS, context_path=context_path, honor_range=honor_range,
-                       max_sessions_per_user=max_sessions_per_user, verbose=verbose)
+                       max_sessions_per_user=max_sessions_per_user, checksums=checksums,
+                       version_mode=version_mode, verbose=verbose,
+                       **({"interactive_agents": interactive_agents}
+                          if interactive_agents is not None else {}))
         self._server = None
         self._thread: threading.Thread | None = None
 

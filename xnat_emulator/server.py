@@ -32,6 +32,8 @@ from .model import Experiment, FileEntry, Project, Resource, Scan, Site, Subject
 INTERACTIVE_AGENTS = (r".*MSIE.*", r".*Mozilla.*", r".*AppleWebKit.*", r".*Opera.*")
 LOGIN_PATH = "/app/template/Login.vm"
 
+LEGACY_VERSION = "1.6.5"
+
 BUILD_INFO = {
     "version": "1.8.10", "buildNumber": "emulator", "buildDate": "Mon Jan 15 10:00:00 UTC 2024",
     "sha": "0000000000", "isDirty": "false", "commit": "0", "tag": "1.8.10",
@@ -392,8 +394,13 @@ class App:
                  users: dict[str, str] | None = None, admins: Iterable[str] = ("admin",),
                  interactive_agents: Iterable[str] = INTERACTIVE_AGENTS,
                  context_path: str = "", honor_range: bool = False,
-                 max_sessions_per_user: int = 0, verbose: bool = False) -> None:
+                 max_sessions_per_user: int = 0, checksums: bool = True,
+                 version_mode: str = "modern", verbose: bool = False) -> None:
+        if version_mode not in ("modern", "legacy"):
+            raise ValueError("version_mode is 'modern' or 'legacy'")
         self.site = site
+        self.checksums = checksums
+        self.version_mode = version_mode
         self.context_path = ("/" + context_path.strip("/")) if context_path.strip("/") else ""
         self.honor_range = honor_range
         self.require_login = require_login
@@ -562,12 +569,16 @@ class App:
                     body += f"; XNAT_CSRF={req.session_id or 'guest'}"
                 return Response(200, body.encode(), "text/plain;charset=UTF-8")
             if kind == "build_info":
+                if self.version_mode == "legacy":
+                    return Response(404, b"", "text/plain")
                 return Response(200, json.dumps(BUILD_INFO).encode(), "application/json")
             if kind == "xapi_users_active":
                 return self._kill_user_sessions(req, user, payload)
             if kind == "xapi_unknown":
                 return Response(404, b"", "text/plain")
             if kind == "version":
+                if self.version_mode == "legacy":
+                    return Response(200, LEGACY_VERSION.encode(), "text/plain;charset=UTF-8")
                 raise HTTPError(404, "The server has not found anything matching the request URI")
             if kind.startswith("token_"):
                 return self._tokens(req, user, kind, payload)
@@ -667,7 +678,12 @@ class App:
                     raise HTTPError(404, f"User {payload} not found.")
                 target_user = payload
             tok = self.auth.issue_token(target_user)
-            return Response(200, json.dumps(tok.entity()).encode(), "application/json")
+            body = tok.entity()
+            if self.version_mode == "legacy":
+                body = {"alias": tok.alias, "secret": tok.secret,
+                        "estimatedExpirationTime": time.strftime(
+                            "%Y%m%d_%H%M%S", time.localtime(tok.expires_ms / 1000))}
+            return Response(200, json.dumps(body).encode(), "application/json")
         if kind == "token_show":
             toks = [t.entity() for t in list(self.auth.tokens.values())
                     if t.user == user and t.enabled]
@@ -1039,7 +1055,7 @@ class App:
         fmt = req.fmt
         if fmt in ("zip", "tar", "tar.gz", "tgz", "application/zip"):
             return self._zip(req, scope, t, pairs, kind=fmt)
-        drop = bool(self.faults.drop_digests)
+        drop = bool(self.faults.drop_digests) or not self.checksums
         rows = []
         for owner, r, base, e in self.iter_file_rows(req, pairs, t):
             rows.append({"Name": e.name, "Size": str(e.size),
@@ -1284,6 +1300,8 @@ class App:
             rev = q.get("sortOrder", "ASC").upper() == "DESC"
             rows = sorted(rows, key=lambda r: [str(r.get(k, "")) for k in keys], reverse=rev)
         offset_given = "offset" in q
+        if self.version_mode == "legacy":
+            paging = offset_given = False           # limit/offset arrived with XNAT 1.8.9
         if paging and ("limit" in q or offset_given):
             try:
                 off = int(q.get("offset", "0") or 0)
@@ -1298,7 +1316,7 @@ class App:
             result = rows            # rows built with exactly these string columns
         else:
             result = [{c: str(r.get(c, "")) for c in out_cols} for r in rows]
-        fmt = req.fmt
+        fmt = req.fmt or ("html" if self.version_mode == "legacy" else "")
         if fmt == "json":
             rs: dict = {}
             if columns_meta is not None:
