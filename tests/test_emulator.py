@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-import pytest
 import requests
 
 ADMIN = ("admin", "admin-pass")

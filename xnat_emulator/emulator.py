@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
 from .content import BytesBlob
 from .counters import Counters
 from .faults import Faults
-from .model import Experiment, FileEntry, Project, Resource, Scan, Subject
+from .model import Experiment, FileEntry, Resource, Subject
 from .presets import build
 from .presets.common import ADMINS, USERS
 from .server import App, make_server

@@ -1482,11 +1482,12 @@ class _Collector(io.RawIOBase):
         return len(b)
 
     def pending(self) -> int:
-        return sum(len(p) for p in self._parts)
+        return self._n
 
     def take(self) -> bytes:
         out = b"".join(self._parts)
         self._parts = []
+        self._n = 0
         return out
 
     def flush(self) -> None:
