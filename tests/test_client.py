@@ -186,3 +186,29 @@ def test_error_messages_never_carry_secrets(xnat):
             client.files("/data/experiments/NOPE/scans/ALL")
     assert "alice-pass" not in str(info.value) and "404" in str(info.value)
     assert isinstance(info.value, NotFoundError) or isinstance(info.value, NotXnatError)
+
+
+def test_request_count_scales_with_sessions(emulator_factory):
+    """About one request per session (plus one per subject for subject resources here,
+    because the emulator refuses comma lists of subjects) and a handful."""
+    emu = emulator_factory(preset="files", files=10000, file_size=64)
+    with client_for(emu, Credential("emu", "admin", "admin-pass", "test")) as client:
+        project = client.projects()[0].id
+        sessions = len(client.experiments(project))
+        subjects = len(client.subjects(project))
+        emu.counters.reset()
+        records = list(client.iter_files(project, jobs=4))
+    assert len(records) >= 10000 and sessions > 10
+    assert emu.counters.total <= sessions + subjects + 8, emu.counters.snapshot()["by_route"]
+    assert emu.counters["GET /data/experiments/{E}/scans/{SC}/files"] == sessions
+
+
+def test_progress_at_least_every_mib(emulator_factory, tmp_path):
+    emu = emulator_factory(preset="files", files=1, file_size=3 * 2**20 + 5)
+    with client_for(emu, Credential("emu", "admin", "admin-pass", "test")) as client:
+        record = next(client.iter_files(client.projects()[0].id))
+        seen = []
+        client.download(rest_path(file_url(emu.url, record), emu.url), tmp_path / "big",
+                        size=record.size, md5=record.md5, progress=seen.append)
+    assert seen[-1] == record.size and len(seen) >= 4
+    assert all(b - a <= 2**20 for a, b in zip([0] + seen, seen))
