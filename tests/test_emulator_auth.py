@@ -68,7 +68,7 @@ def test_jsession_create_reuse_delete(xnat):
 
 
 def test_session_idle_expiry(emulator_factory):
-    emu = emulator_factory(preset="small", session_timeout=0.6)
+    emu = emulator_factory(preset="small", session_timeout=1.5)
     s, r = jsession(emu)
     assert "SESSION_EXPIRATION_TIME" in r.headers["Set-Cookie"]
     cookie = {"JSESSIONID": r.text}
@@ -76,7 +76,7 @@ def test_session_idle_expiry(emulator_factory):
         time.sleep(0.3)
         assert requests.get(emu.url + "/data/projects?format=json",
                             cookies=cookie).status_code == 200
-    time.sleep(0.9)
+    time.sleep(1.8)
     assert requests.get(emu.url + "/data/projects?format=json", cookies=cookie).status_code == 401
 
 
