@@ -125,6 +125,12 @@ def _like(pattern: str, value: str) -> bool:
     return False
 
 
+_MIME_FORMATS = {"application/json": "json", "text/json": "json", "text/xml": "xml",
+                 "application/xml": "xml", "text/csv": "csv", "text/html": "html",
+                 "application/zip": "zip", "application/x-tar": "tar",
+                 "application/x-gzip": "tar.gz", "application/gzip": "tar.gz"}
+
+
 class Response:
     def __init__(self, status: int = 200, body: bytes = b"", ctype: str = "text/plain",
                  headers: list[tuple[str, str]] | None = None, stream=None,
@@ -158,7 +164,8 @@ class Request:
     def fmt(self) -> str:
         f = self.query.get("format")
         if f:
-            return f.lower()
+            f = f.lower()
+            return _MIME_FORMATS.get(f, f)
         accept = self.headers.get("Accept", "") or ""
         if "application/json" in accept:
             return "json"
