@@ -287,3 +287,17 @@ def test_cli_prints_url_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_large_files_stream_and_match_digest(emulator_factory):
+    emu = emulator_factory(preset="files", files=2, file_size=3 * 1024 * 1024 + 17)
+    exp = files(emu, "/data/projects/BENCH/experiments?format=json")[0]["ID"]
+    rows = files(emu, f"/data/experiments/{exp}/scans/ALL/files?format=json")
+    assert len(rows) == 2
+    bodies = []
+    for row in rows:
+        body = requests.get(emu.url + row["URI"], auth=ALICE).content
+        assert len(body) == int(row["Size"]) == 3 * 1024 * 1024 + 17
+        assert hashlib.md5(body).hexdigest() == row["digest"]
+        bodies.append(body)
+    assert bodies[0] != bodies[1]
