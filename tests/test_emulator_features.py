@@ -301,3 +301,13 @@ def test_large_files_stream_and_match_digest(emulator_factory):
         assert hashlib.md5(body).hexdigest() == row["digest"]
         bodies.append(body)
     assert bodies[0] != bodies[1]
+
+
+def test_generation_is_deterministic_per_seed():
+    from xnat_emulator import Emulator
+
+    def digest(seed):
+        emu = Emulator("files", files=300, seed=seed)
+        return [(i.path, i.md5, i.size) for i in emu.iter_files("BENCH")]
+    assert digest(1) == digest(1)
+    assert digest(1) != digest(2)
