@@ -444,7 +444,7 @@ class XnatClient:
     def _auth_hint(self) -> str:
         if self.anonymous:
             return "this site needs a login: " + how_to_provide(
-                urlsplit(self.base_url).hostname or "NAME") + " (then pass credential=NAME)"
+                urlsplit(self.base_url).hostname or "NAME") + ", and use it instead of anonymous"
         cred = self.credential
         return (f"check user '{cred.user}' and the password or token of credential '{cred.name}' "
                 f"(from {cred.source or 'unknown'}); " + how_to_provide(cred.name))
@@ -476,10 +476,14 @@ class XnatClient:
             raise NotFoundError(
                 f"HTTP 404 Not Found for {where}{detail}: it does not exist or {user} cannot see "
                 "it (XNAT answers 404 for private projects); check the IDs and access", status, url)
-        if status in RETRY_STATUSES or status >= 500:
+        if status in RETRY_STATUSES:
             raise XnatError(
                 f"HTTP {status} {response.reason} for {where}{detail} (retried {self.retries} "
-                "times): the server is failing or overloaded; try again later", status, url)
+                "times): the server is overloaded or down; try again later", status, url)
+        if status >= 500:
+            raise XnatError(
+                f"HTTP {status} {response.reason} for {where}{detail}: the server failed; try "
+                "again later, or ask the XNAT administrators if it persists", status, url)
         raise XnatError(f"HTTP {status} {response.reason} for {where}{detail}", status, url)
 
     def _get_json(self, rest_path: str, params: dict[str, str] | None = None) -> Any:

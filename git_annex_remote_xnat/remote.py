@@ -164,6 +164,20 @@ class XnatRemote(SpecialRemote):
             override = ""
         return override or name
 
+    def _explain(self, exc: Exception) -> str:
+        """The error text, plus how to pick another credential for this remote on auth errors."""
+        from .client import AuthenticationError
+
+        message = str(exc)
+        if isinstance(exc, AuthenticationError):
+            try:
+                remote_name = self.annex.getgitremotename()
+            except Exception:  # noqa: BLE001 - extension missing: name a placeholder
+                remote_name = "NAME"
+            message += (f"; this remote uses credential '{self._credential_name}', choose another "
+                        f"with `git config remote.{remote_name}.xnat-credential OTHER`")
+        return message
+
     def _client_for_use(self) -> XnatClient:
         if self._client is None:
             from .client import XnatClient
@@ -203,7 +217,7 @@ class XnatRemote(SpecialRemote):
         try:
             status = self._client_for_use().file_status(rest_path(url, self._base_url))
         except (XnatError, XnatUrlError) as exc:
-            raise fail(str(exc)) from exc
+            raise fail(self._explain(exc)) from exc
         if status.exists is None:
             raise fail(status.detail or f"cannot tell whether {url} exists")
         if not status.exists:
@@ -230,7 +244,7 @@ class XnatRemote(SpecialRemote):
             except NotFoundError as exc:  # another registered URL may still have it
                 errors.append(str(exc))
             except (XnatError, XnatUrlError) as exc:
-                raise fail(str(exc)) from exc
+                raise fail(self._explain(exc)) from exc
         raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
 
     def checkpresent(self, key: str) -> bool:

@@ -228,6 +228,7 @@ def test_missing_and_wrong_credentials_are_clear(tmp_path, xnat, monkeypatch):
     set_env_credential(monkeypatch, password="wrong-pass")
     out = annex(repo, "get", path, check=False)
     assert out.returncode != 0 and "401" in out.stderr and "user 'alice'" in out.stderr
+    assert "git config remote.xnat.xnat-credential" in out.stderr
     assert "wrong-pass" not in out.stderr
     assert_no_content(repo)
 
