@@ -308,8 +308,13 @@ class XnatClient:
         self.download_attempts = max(1, download_attempts)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
-        # A no-op auth keeps requests from adding ~/.netrc Basic auth to every request.
-        self._session.auth = lambda request: request
+        # Read the proxy and CA bundle environment once instead of on every request (about
+        # 0.6 ms each); this also keeps requests from adding ~/.netrc Basic auth to every call.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            self._session.verify = ca_bundle
         adapter = HTTPAdapter(max_retries=_retry_policy(retries, backoff_factor),
                               pool_connections=4, pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
@@ -346,7 +351,7 @@ class XnatClient:
         # urllib3 retries only idempotent methods; logging in again is harmless (at worst an
         # extra server session that idles out), so 429/5xx answers to it are retried here.
         for attempt in range(self.retries + 1):
-            response = self._send("POST", url, auth=auth or (lambda r: r))
+            response = self._send("POST", url, auth=auth)
             if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                 break
             response.close()
