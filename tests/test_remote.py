@@ -336,3 +336,28 @@ def test_protocol_is_clean_and_claimurl_never_raises():
                    "TRANSFER-FAILURE STORE MD5-s1--0 " + out[10].split(" ", 3)[3],
                    "REMOVE-FAILURE MD5-s1--0 " + out[11].split(" ", 2)[2]]
     assert "read-only" in out[10] and "read-only" in out[11]
+
+
+def test_two_servers_in_one_dataset(tmp_path, xnat, emulator_factory, monkeypatch):
+    """Each remote claims only its own server's URLs, so both sets of files come back."""
+    set_env_credential(monkeypatch)
+    other = emulator_factory(preset="small", seed=7, require_login=False)
+    repo = make_dataset(tmp_path, xnat)
+    annex(repo, "initremote", "xnat2", "type=external", "externaltype=xnat", f"url={other.url}",
+          "credential=anonymous", "encryption=none")
+    first = register(repo, xnat, experiment="XNAT_E00001", resources=["NIFTI"])
+    with XnatClient(other.url) as client:
+        records = [r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00002",
+                                                resources=["NIFTI"]) if r.md5]
+    keys = [(md5e_key(r.size, r.md5, r.path), "second/" + work_path(r), file_url(other.url, r))
+            for r in records]
+    run(["git", "annex", "fromkey", "--force", "--batch"], cwd=repo,
+        input="".join(f"{k} {p}\n" for k, p, _ in keys))
+    run(["git", "annex", "registerurl", "--batch"], cwd=repo,
+        input="".join(f"{k} {u}\n" for k, _, u in keys))
+    whereis = annex(repo, "whereis", keys[0][1]).stdout
+    assert "xnat2" in whereis and f"[xnat]" not in whereis
+    annex(repo, "get", "-J2", ".")
+    assert_content(repo, first)
+    assert all(hashlib.md5((repo / p).read_bytes()).hexdigest() == r.md5
+               for (_, p, _), r in zip(keys, records))
