@@ -32,7 +32,7 @@ class Sizes:
     def full(cls) -> "Sizes":
         return cls(register=[10_000, 100_000], register_file_size=1024,
                    peer_sample=1_000, peer_full_max=1_000,
-                   download_files=5_000, download_file_size=256 * 1024, peer_download_sample=1_000,
+                   download_files=5_000, download_file_size=256 * 1024, peer_download_sample=5_000,
                    memory=[10_000, 100_000, 1_000_000], memory_full_max=100_000, rerun=100_000)
 
     @classmethod
@@ -65,17 +65,22 @@ class Context:
         return fresh_dir(WORK.joinpath(*parts))
 
     def records(self, emu: EmulatorProcess, n: int, file_size: int) -> list[listing.Rec]:
-        """The emulator's file table (cached on disk per size; the emulator is deterministic)."""
-        cache = WORK / "tables" / f"files-{n}x{file_size}.json"
-        if cache.exists():
-            recs = listing.load(cache)
-            if len(recs) == n:
-                return recs
-        t0 = time.perf_counter()
-        recs = listing.list_files(emu.url, USER, PASSWORD)
-        listing.save(recs, cache)
-        self.log(f"listed {len(recs):,} files in {time.perf_counter() - t0:.1f} s (untimed)")
-        return recs
+        """The emulator's file table, listed once per size and run (untimed).
+
+        Cached in memory only: a table saved by an earlier run may name resources the current
+        emulator numbers differently.
+        """
+        cache = self.shared.setdefault("tables", {})
+        if (n, file_size) not in cache:
+            t0 = time.perf_counter()
+            recs = listing.list_files(emu.url, USER, PASSWORD)
+            if len(recs) != n:
+                from .common import BenchError
+                raise BenchError(f"the emulator lists {len(recs):,} files, expected {n:,}")
+            listing.save(recs, WORK / "tables" / f"files-{n}x{file_size}.json")  # for reference
+            self.log(f"listed {len(recs):,} files in {time.perf_counter() - t0:.1f} s (untimed)")
+            cache[(n, file_size)] = recs
+        return cache[(n, file_size)]
 
     def timed(self, label: str, cmd: list, env: dict, cwd: Path | None = None,
               stdin_path: Path | None = None, timeout: float | None = None) -> Measurement:

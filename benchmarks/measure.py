@@ -6,7 +6,7 @@
 * tree_maxrss: from `os.wait4`, i.e. getrusage(RUSAGE_BOTH) of the child as the kernel folds its
   waited-for descendants in: the peak RSS of the largest single process in the tree (the kernel
   keeps a maximum, not a sum);
-* by_kind: a poller reads /proc every `poll` seconds, finds every descendant (by parent pid) and
+* by_kind: a poller reads /proc every `poll` seconds (0.1), finds every descendant (by parent pid) and
   keeps each process's own high-water mark (`VmHWM`, itself a kernel-maintained peak, so sparse
   polling still sees a process's true peak as long as it is sampled once near its end). Processes are
   grouped by kind: "python" (the command itself, DataLad), "git-annex", "git", "remote" (special
@@ -69,6 +69,15 @@ def _kind(pid: int) -> str:
     return "other"
 
 
+def _short_cmd(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    return " ".join(os.path.basename(a) if i < 2 else a for i, a in enumerate(argv[:4]))[:120]
+
+
 def _status_kib(pid: int, field_name: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -115,6 +124,7 @@ class _Poller(threading.Thread):
         self.stop = threading.Event()
         self.hwm: dict[int, int] = {}  # pid -> last seen VmHWM
         self.kinds: dict[int, str] = {}
+        self.names: dict[int, str] = {}
         self.sum_peak: dict[str, int] = {}
         self.total_peak = 0
 
@@ -129,6 +139,7 @@ class _Poller(threading.Thread):
             if pid not in self.kinds or self.kinds[pid] == "other":
                 # a process may exec (shim -> binary): re-classify until it settles
                 self.kinds[pid] = _kind(pid)
+                self.names[pid] = _short_cmd(pid)
             kind = self.kinds[pid]
             if hwm is not None:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
@@ -148,7 +159,8 @@ class _Poller(threading.Thread):
         for pid, hwm in self.hwm.items():
             kind = self.kinds.get(pid, "other")
             entry = out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})
-            entry["max_proc"] = max(entry["max_proc"], hwm)
+            if hwm >= entry["max_proc"]:
+                entry["max_proc"], entry["max_cmd"] = hwm, self.names.get(pid, "")
             entry["n"] += 1
         for kind, value in self.sum_peak.items():
             out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})["sum_peak"] = value
@@ -157,7 +169,7 @@ class _Poller(threading.Thread):
 
 def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
             timeout: float | None = None, stdin_path: Path | None = None,
-            poll: float | None = 0.2, log: Path | None = None) -> Measurement:
+            poll: float | None = 0.1, log: Path | None = None) -> Measurement:
     """Run cmd, time it, and record its process tree's memory. Never raises for a failing cmd."""
     cmd = [str(c) for c in cmd]
     out_fh = open(log, "w") if log else subprocess.DEVNULL

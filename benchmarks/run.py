@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="limit per timed command in seconds (default 1800)")
     parser.add_argument("--peer-sample", type=int, default=None,
                         help="files in datalad-xnat's measured registration run")
+    parser.add_argument("--peer-full-max", type=int, default=None,
+                        help="run datalad-xnat's registration for real up to this many files "
+                             "(default: the sample size only)")
     parser.add_argument("--peer-download-sample", type=int, default=None,
                         help="files in datalad-xnat's measured download run")
     parser.add_argument("--memory-time-limit", type=float, default=None,
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes.full()
     if args.peer_sample:
         sizes.peer_sample = sizes.peer_full_max = args.peer_sample
+    if args.peer_full_max:
+        sizes.peer_full_max = args.peer_full_max
     if args.peer_download_sample:
         sizes.peer_download_sample = args.peer_download_sample
     if args.sizes:

@@ -52,7 +52,7 @@ def _finish(res: RunResult, m: Measurement, emu: EmulatorProcess) -> RunResult:
 
 def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless_fast: bool,
                 ds: Path | None = None, check_content: bool = False,
-                timeout: float | None = None) -> RunResult:
+                timeout: float | None = None, jobs: int | None = None) -> RunResult:
     """`datalad xnat-update [--reckless fast]` on a fresh dataset (or on ds, for a re-run)."""
     res = RunResult()
     env = OURS.env(ctx.home)
@@ -62,7 +62,8 @@ def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless
             ours.create_dataset(ds, emu.url, ctx.home)
         res.ds = ds
         emu.reset()
-        m = ctx.timed(label, ours.update_cmd(ds, reckless_fast), env, timeout=timeout)
+        m = ctx.timed(label, ours.update_cmd(ds, reckless_fast, jobs), env,
+                      timeout=timeout)
         _finish(res, m, emu)
         if not res.error:
             got = _count_files(ds, env)

@@ -34,7 +34,8 @@ def run(ctx: Context, selected: set) -> Section:
             f_curl.runs.append(res.wall)
         ctx.workdir("download-curl-0")  # 1.3 GB of scratch: drop it
 
-        f_upd = sec.add(Figure(case, "ours: xnat-update (default: register + fetch)", "time", "s"))
+        f_upd = sec.add(Figure(case, f"ours: xnat-update -J{jobs} (default mode: register + fetch)",
+                               "time", "s"))
         f_get = sec.add(Figure(case, f"ours: datalad get -J{jobs} . (after --reckless fast)",
                                "time", "s"))
         if ctx.ours_reason:
@@ -42,7 +43,7 @@ def run(ctx: Context, selected: set) -> Section:
         else:
             for i in range(ctx.reps):
                 res = _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
-                                        reckless_fast=False, check_content=True)
+                                        reckless_fast=False, check_content=True, jobs=jobs)
                 if res.error:
                     f_upd.error = res.error
                     break
@@ -96,7 +97,7 @@ def run(ctx: Context, selected: set) -> Section:
     ]
     sec.commands += [
         f"curl --parallel --parallel-max {jobs} --fail -sS -K urls.cfg   # user=…, url=…, output=… lines",
-        "datalad -C ds xnat-update                       # ours, default mode",
+        f"datalad -C ds xnat-update -J{jobs}                  # ours, default mode",
         "datalad -C ds xnat-update --reckless fast       # untimed, then:",
         f"datalad -C ds get -J{jobs} .",
         "datalad -C ds xnat-update                       # datalad-xnat 0.2.1 default mode",

@@ -73,6 +73,12 @@ def run(ctx: Context, selected: set) -> Section:
         if rss_runs and not fig.error:
             fig.runs = [r["tree_maxrss_kib"] for r in rss_runs]
             _kind_figures(sec, case, rss_runs, fig.note)
+    sec.notes += [
+        "'largest process (wait4)': the kernel's peak RSS over the update's whole process tree "
+        "(the largest single process, not a sum). Per-kind rows come from /proc high-water marks "
+        "(VmHWM) sampled every 0.1 s: processes that live shorter than that can be missed there, "
+        "but never in the wait4 figure.",
+    ]
     if len(tree_figs) >= 2:
         sec.ratios.append(ratio(f"{ctx.sizes.memory[-1]:,} vs {ctx.sizes.memory[0]:,} files",
                                 "peak RSS, largest / smallest", tree_figs[-1], tree_figs[0],

@@ -54,6 +54,7 @@ def run(ctx: Context, selected: set) -> Section:
     size = ctx.sizes.register_file_size
     peer_sample = _peer_sample(ctx, sec)
     per_file = peer_sample.value / ctx.sizes.peer_sample if peer_sample.value else None
+    per_file_at = ctx.sizes.peer_sample  # the size of the run the per-file cost comes from
 
     for n in ctx.sizes.register:
         case = _case(n)
@@ -97,16 +98,17 @@ def run(ctx: Context, selected: set) -> Section:
                     f_peer.error = res.error
                 else:
                     f_peer.runs = [res.wall]
-                    f_peer.note = "1 run"
+                    f_peer.note = f"1 run; {res.wall / n * 1000:.0f} ms per file"
+                    per_file, per_file_at = res.wall / n, n
                     ctx.shared.setdefault("requests", {}).setdefault(n, {})["peer-update"] = \
                         res.counters
             elif per_file is None:
-                f_peer.error = f"not run: the {ctx.sizes.peer_sample:,}-file peer run failed"
+                f_peer.error = f"not run: the {per_file_at:,}-file peer run failed"
             else:
                 f_peer.runs = [per_file * n]
                 f_peer.tool += " (extrapolated)"
                 f_peer.note = (f"not run at this size: {per_file * 1000:.0f} ms/file measured at "
-                               f"{ctx.sizes.peer_sample:,} files × {n:,}")
+                               f"{per_file_at:,} files × {n:,}")
             if not ctx.peer_reason and ("requests" in selected):
                 res = _runs.peer_enumerate(ctx, emu, n, f"register-peer-listing-{n}")
                 entry = ctx.shared.setdefault("requests", {}).setdefault(n, {})

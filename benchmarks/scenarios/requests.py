@@ -31,9 +31,16 @@ def split(counters: dict | None) -> tuple[int, int, dict] | None:
     return sum(routes.values()) - per_file, per_file, routes
 
 
-def _sessions(routes: dict) -> int:
-    return sum(v for k, v in routes.items() if k.startswith("GET") and "/files" in k
-               and not _is_file_route(k))
+def _sessions(ctx: Context, n: int, peer_routes: dict | None) -> tuple[int, str]:
+    """How many sessions the preset has, and how that is known."""
+    table = ctx.shared.get("tables", {}).get((n, ctx.sizes.register_file_size))
+    if table:
+        return len({r.session_id for r in table}), "sessions in the listing"
+    if peer_routes:
+        count = peer_routes.get("GET /data/experiments/{E}/scans/{SC}/files", 0)
+        if count:
+            return count, "datalad-xnat's per-session listings"
+    return -(-n // 450), "the preset's 450 files per session"
 
 
 def run(ctx: Context, selected: set) -> Section:
@@ -54,6 +61,8 @@ def run(ctx: Context, selected: set) -> Section:
                     entry["peer-listing"] = res.counters if not res.error else {"error": res.error}
                     entry["peer-listing-wall"] = res.wall
         case = f"{n:,} files"
+        peer_parts = split(entry.get("peer-listing"))
+        sessions, how = _sessions(ctx, n, peer_parts[2] if peer_parts else None)
         for key, tool in (("ours", "ours: xnat-update --reckless fast"),
                           ("peer-listing", "datalad-xnat 0.2.1: its listing (update loop "
                                            "without addurls)")):
@@ -72,8 +81,7 @@ def run(ctx: Context, selected: set) -> Section:
             listing, per_file, routes = parts
             fig_total.runs = [listing]
             fig_total.extra = {"by_route": routes}
-            sessions = _sessions(routes)
-            fig_total.note = (f"{sessions:,} session file listings; "
+            fig_total.note = (f"{sessions:,} sessions ({how}); "
                               + ", ".join(f"{k}: {v:,}" for k, v in sorted(routes.items())
                                           if not _is_file_route(k)))[:400]
             if key == "ours":
@@ -81,9 +89,11 @@ def run(ctx: Context, selected: set) -> Section:
                                           runs=[per_file]))
                 fig_file.note = "HEAD/GET of single files during the update"
                 if sessions:
-                    sec.ratios.append(Ratio(case, "ours: requests per session", listing / sessions,
-                                            "≈ 1 (+ a handful in total)",
-                                            listing <= sessions + 10))
+                    sec.ratios.append(Ratio(
+                        case, "ours: listing + auth requests per session", listing / sessions,
+                        "≈ 1 per session + a handful (≤ sessions + 10)", listing <= sessions + 10,
+                        note=f"{listing:,} requests for {sessions:,} sessions "
+                             f"(= sessions {listing - sessions:+,})"))
             elif entry.get("peer-listing-wall"):
                 fig_total.note = f"listing took {entry['peer-listing-wall']:.1f} s; " + fig_total.note
     # the peer's per-file requests, from its full update at the sample size
