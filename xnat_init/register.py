@@ -109,6 +109,13 @@ def git(repo: Path, *args: str, input: str | bytes | None = None,
     return proc
 
 
+def _fi_path(path: str) -> bytes:
+    """A path as fast-import reads it after `M <mode> <dataref> `: verbatim unless it needs quoting."""
+    if "\n" in path or path.startswith('"'):
+        return _quote_path(path).encode("utf-8", "surrogateescape")
+    return path.encode("utf-8", "surrogateescape")
+
+
 def _quote_path(path: str) -> str:
     """A C-style quoted path as git fast-import reads it (always quoted: no surprises)."""
     out = ['"']
@@ -349,71 +356,117 @@ def _annex_log_with(existing: bytes | None, value: str, stamp: str) -> bytes | N
     return existing + line
 
 
+def _grouped_by_key(pairs_sorted: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    current_key: str | None = None
+    current_urls: list[str] = []
+    for key, url in pairs_sorted:
+        if key != current_key:
+            if current_key is not None:
+                yield current_key, current_urls
+            current_key, current_urls = key, []
+        if url not in current_urls:
+            current_urls.append(url)
+    if current_key is not None:
+        yield current_key, current_urls
+
+
 def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
                         progress: Callable[[int], None] | None) -> int:
     """One fast-import commit on git-annex's branch: every key present in the remote, its URLs.
 
     `pairs_sorted` are (key, url), grouped by key. Returns the number of keys written.
+    The existing logs are read with a pipelined `git cat-file --batch` (a feeder thread asks,
+    this thread reads the answers in order), so no request waits for the previous answer.
     """
+    import queue
+    import threading
+
+    if git(repo, "rev-parse", "-q", "--verify", "refs/heads/git-annex",
+           check=False).returncode != 0:
+        raise RegistrationError(f"{repo} has no git-annex branch; is it a git-annex repository?")
     stamp = f"{int(time.time())}s"
+    who = ident(repo, "COMMITTER")
     proc = subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--done"],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin
+    catfile = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin and catfile.stdin and catfile.stdout
     out = proc.stdin
-    catfile = _CatFile(repo)
-    who = ident(repo, "COMMITTER")
+    answers = catfile.stdout
     message = b"update (xnat-update: register keys and xnat: URLs)"
-    has_branch = git(repo, "rev-parse", "-q", "--verify", "refs/heads/git-annex",
-                     check=False).returncode == 0
-    if not has_branch:
-        raise RegistrationError(f"{repo} has no git-annex branch; is it a git-annex repository?")
     out.write(b"commit refs/heads/git-annex\n")
     out.write(f"committer {who}\n".encode())
     out.write(b"data %d\n%s\n" % (len(message), message))
     out.write(b"from refs/heads/git-annex^0\n")
+    pending: queue.Queue = queue.Queue(maxsize=20000)
+    feed_error: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for key, urls in _grouped_by_key(pairs_sorted):
+                base = f"{hashdir_lower(key)}{key}"
+                pending.put((base, urls))
+                catfile.stdin.write(f"refs/heads/git-annex:{base}.log\n"
+                                    f"refs/heads/git-annex:{base}.log.web\n"
+                                    .encode("utf-8", "surrogateescape"))
+            catfile.stdin.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            feed_error.append(exc)
+        finally:
+            pending.put(None)
+
+    def answer() -> bytes | None:
+        header = answers.readline()
+        if not header or header.endswith(b" missing\n"):
+            return None
+        size = int(header.split()[2])
+        data = answers.read(size)
+        answers.read(1)
+        return data
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    chunk: list[bytes] = []
     written = 0
 
     def emit(path: str, content: bytes) -> None:
-        out.write(f"M 100644 inline {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
-        out.write(b"data %d\n" % len(content))
-        out.write(content)
-        out.write(b"\n")
-
-    def flush_key(key: str, urls: list[str]) -> None:
-        nonlocal written
-        base = f"{hashdir_lower(key)}{key}"
-        location = _annex_log_with(catfile.get(f"refs/heads/git-annex:{base}.log"),
-                                   remote_uuid, stamp)
-        if location is not None:
-            emit(base + ".log", location)
-        web = catfile.get(f"refs/heads/git-annex:{base}.log.web")
-        changed = False
-        for url in urls:
-            updated = _annex_log_with(web, ":" + url, stamp)
-            if updated is not None:
-                web, changed = updated, True
-        if changed and web is not None:
-            emit(base + ".log.web", web)
-        written += 1
-        if progress:
-            progress(1)
+        chunk.append(b"M 100644 inline " + _fi_path(path) + b"\ndata %d\n" % len(content)
+                     + content + b"\n")
 
     try:
-        current_key: str | None = None
-        current_urls: list[str] = []
-        for key, url in pairs_sorted:
-            if key != current_key:
-                if current_key is not None:
-                    flush_key(current_key, current_urls)
-                current_key, current_urls = key, []
-            if url not in current_urls:
-                current_urls.append(url)
-        if current_key is not None:
-            flush_key(current_key, current_urls)
-        out.write(b"\ndone\n")
+        while True:
+            item = pending.get()
+            if item is None:
+                break
+            base, urls = item
+            location = _annex_log_with(answer(), remote_uuid, stamp)
+            if location is not None:
+                emit(base + ".log", location)
+            web = answer()
+            changed = False
+            for url in urls:
+                updated = _annex_log_with(web, ":" + url, stamp)
+                if updated is not None:
+                    web, changed = updated, True
+            if changed and web is not None:
+                emit(base + ".log.web", web)
+            written += 1
+            if len(chunk) >= 2000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+            if progress:
+                progress(1)
+        out.write(b"".join(chunk) + b"\ndone\n")
         out.close()
     finally:
-        catfile.close()
+        feeder.join()
+        try:
+            catfile.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        catfile.wait()
+    if feed_error:
+        raise RegistrationError(f"reading the registered keys failed: {feed_error[0]}")
     err = _finish(proc)
     if proc.returncode != 0:
         raise RegistrationError(f"git fast-import (git-annex branch) failed in {repo}: "
@@ -486,12 +539,16 @@ def commit_tree_changes(repo: Path, changes: Iterable[Change], removals: Iterabl
         for path in removals:
             out.write(f"D {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
             count += 1
+        chunk: list[bytes] = []
         for change in changes:
             target = symlink_target(change.key, change.path).encode("utf-8", "surrogateescape")
-            out.write(f"M {SYMLINK_MODE} inline {_quote_path(change.path)}\n"
-                      .encode("utf-8", "surrogateescape"))
-            out.write(b"data %d\n" % len(target) + target + b"\n")
+            chunk.append(b"M 120000 inline " + _fi_path(change.path) + b"\ndata %d\n"
+                         % len(target) + target + b"\n")
             count += 1
+            if len(chunk) >= 2000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        out.write(b"".join(chunk))
         for path, commit in gitlinks.items():
             out.write(f"M {GITLINK_MODE} {commit} {_quote_path(path)}\n"
                       .encode("utf-8", "surrogateescape"))
