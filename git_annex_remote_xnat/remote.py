@@ -17,12 +17,13 @@ Configuration (`git annex initremote NAME type=external externaltype=xnat ...`):
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from annexremote import Master, RemoteError, SpecialRemote
+from annexremote import Master, ProtocolError, RemoteError, SpecialRemote
 
 from . import __version__
 from .annexversion import GitAnnexVersionError, check_git_annex_version
@@ -48,6 +49,28 @@ def one_line(message: str) -> str:
 def fail(message: str) -> RemoteError:
     """A RemoteError whose text is one line: git-annex's protocol is line based."""
     return RemoteError(one_line(message))
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def guarded(handler: Handler) -> Handler:
+    """Turn any unexpected exception into a one-line RemoteError.
+
+    annexremote answers anything but RemoteError with ERROR and exits, which aborts the whole
+    git-annex command (and every other key of a `get -J`); a failed key is the better outcome.
+    """
+    @functools.wraps(handler)
+    def wrapper(self: "XnatRemote", *args: Any) -> Any:
+        try:
+            return handler(self, *args)
+        except (RemoteError, ProtocolError):
+            raise
+        except OSError as exc:
+            raise fail(f"local file error: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise fail(f"unexpected {exc.__class__.__name__}: {exc} (please report this bug)") from exc
+    return wrapper  # type: ignore[return-value]
 
 
 def parse_key(key: str) -> tuple[int | None, str | None]:
@@ -211,6 +234,7 @@ class XnatRemote(SpecialRemote):
         except Exception:  # noqa: BLE001 - an exception here would kill the process
             return False
 
+    @guarded
     def checkurl(self, url: str) -> list[dict[str, Any]]:
         from .client import XnatError
 
@@ -226,6 +250,7 @@ class XnatRemote(SpecialRemote):
         return [{"size": status.size if status.size is not None else "UNKNOWN",
                  "filename": file_name(url)}]
 
+    @guarded
     def transfer_retrieve(self, key: str, filename: str) -> None:
         from .client import NotFoundError, XnatError
 
@@ -247,6 +272,7 @@ class XnatRemote(SpecialRemote):
                 raise fail(self._explain(exc)) from exc
         raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
 
+    @guarded
     def checkpresent(self, key: str) -> bool:
         """True on proof (a 200 HEAD of the right size), False on 404, RemoteError otherwise."""
         urls = self._claimed_urls(key)

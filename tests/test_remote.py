@@ -361,3 +361,20 @@ def test_two_servers_in_one_dataset(tmp_path, xnat, emulator_factory, monkeypatc
     assert_content(repo, first)
     assert all(hashlib.md5((repo / p).read_bytes()).hexdigest() == r.md5
                for (_, p, _), r in zip(keys, records))
+
+
+def test_local_errors_fail_the_key_not_the_process(xnat, tmp_path):
+    with XnatClient(xnat.url, Credential("emu", "alice", PASSWORD)) as client:
+        record = next(r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00001") if r.md5)
+    key = md5e_key(record.size, record.md5, record.path)
+    user_var, password_var = env_var_names("emu")
+    env = dict(os.environ, **{user_var: "alice", password_var: PASSWORD})
+    out = speak(["EXTENSIONS INFO", "PREPARE", f"VALUE {xnat.url}", "VALUE emu",
+                 f"TRANSFER RETRIEVE {key} {tmp_path}/missing/dir/file",
+                 f"VALUE {file_url(xnat.url, record)}", "VALUE",
+                 f"TRANSFER RETRIEVE {key} {tmp_path}/ok",
+                 f"VALUE {file_url(xnat.url, record)}", "VALUE"], env)
+    assert out[6].startswith(f"TRANSFER-FAILURE RETRIEVE {key} local file error:"), out
+    assert out[-1] == f"TRANSFER-SUCCESS RETRIEVE {key}"
+    assert any(line.startswith("PROGRESS ") for line in out)
+    assert hashlib.md5((tmp_path / "ok").read_bytes()).hexdigest() == record.md5
