@@ -424,3 +424,70 @@ def test_subdatasets_clone_and_get_recursive(xnat, alice, ds, tmp_path):
              and f.session_id == "XNAT_E00001" and f.scan_id == "2"]
     for f in files:
         assert (clone / "SUBJ01/SUBJ01_MR1/2" / f.path).read_bytes() == f.content()
+
+
+# ------------------------------------------------------------------------ terminal prompts
+
+
+def _in_terminal(cmd: list[str], cwd: Path, answers: list[tuple[str, str]],
+                 timeout: float = 60.0) -> str:
+    """Run `cmd` on a pseudo-terminal; when the output shows each prompt, type its answer."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.chdir(cwd)
+        os.execvp(cmd[0], cmd)
+    output = b""
+    pending = list(answers)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not data:
+                    break
+                output += data
+            if pending and pending[0][0].encode() in output.split(b"\x00")[-1]:
+                prompt, reply = pending.pop(0)
+                output += b"\x00"  # the next prompt must come after this point
+                os.write(fd, reply.encode() + b"\r")
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", output.decode(errors="replace"))
+
+
+def test_prompt_picker_and_keyring(xnat, ds):
+    out = _in_terminal(["datalad", "xnat-init", xnat.url], ds,
+                       [("User name", "alice"), ("Password", "alice-pass"),
+                        ("Project to track", "PROT1")])
+    assert "xnat_init(ok)" in out, out
+    assert "PUBLIC1" in out  # the picker listed the readable projects
+    assert "alice-pass" not in out  # the password was not echoed
+    assert "project = PROT1" in (ds / ".datalad/config").read_text()
+    import keyring
+
+    assert keyring.get_password("datalad-127.0.0.1", "user") == "alice"
+    assert keyring.get_password("datalad-127.0.0.1", "password") == "alice-pass"
+    # stored, so an update needs no prompt
+    assert update(ds, "--reckless", "fast")["added"] == 3
+    # force-ask asks again even though the keyring has it; a wrong password is asked again
+    out = _in_terminal(["datalad", "-c", "datalad.credentials.force-ask=1", "xnat-init", "-f",
+                        xnat.url, "-p", "PUBLIC1"], ds,
+                       [("User name", "bob"), ("Password", "wrong"),
+                        ("User name", "alice"), ("Password", "alice-pass")])
+    assert "xnat_init(ok)" in out, out
+    assert "project = PUBLIC1" in (ds / ".datalad/config").read_text()

@@ -68,7 +68,8 @@ def prompt_credential(name: str, url: str, previous_user: str | None = None) -> 
 
     user = ui.question(f"User name (or alias token) for {url}", title=f"Credential '{name}'",
                        default=previous_user)
-    password = ui.question(f"Password (or token secret) for {user}", hidden=True)
+    # no "repeat": a typo shows at once, because the login is tried before anything is stored
+    password = ui.question(f"Password (or token secret) for {user}", hidden=True, repeat=False)
     return Credential(name, user, password, "prompt")
 
 
@@ -94,19 +95,28 @@ def resolve_credential(name: str | None, url: str, repo: str | None, *, may_prom
         return ResolvedCredential(found, False)
     if may_prompt and is_terminal():
         return ResolvedCredential(prompt_credential(name, url), True)
+    if force_ask:
+        return ResolvedCredential(None, False, "datalad.credentials.force-ask is set, but there "
+                                  "is no terminal to ask for the user name and password in; run "
+                                  "xnat-init in a terminal, or " + how_to_provide(name))
     return ResolvedCredential(None, False, f"no credential '{name}' for {url}: "
                               + how_to_provide(name))
 
 
 def force_ask_requested(ds_config=None) -> bool:
-    """`datalad -c datalad.credentials.force-ask=1 ...`"""
+    """`datalad -c datalad.credentials.force-ask=1 ...` (the -c overrides live in the global
+    ConfigManager; a dataset's own config may set it too)."""
     from datalad import cfg
 
-    config = ds_config or cfg
-    try:
-        return bool(config.getbool("datalad.credentials", "force-ask", default=False))
-    except (ValueError, TypeError):
-        return False
+    for config in (cfg, ds_config):
+        if config is None:
+            continue
+        try:
+            if config.getbool("datalad.credentials", "force-ask", default=False):
+                return True
+        except (ValueError, TypeError):
+            continue
+    return False
 
 
 def one_line(text: object) -> str:
