@@ -274,7 +274,8 @@ class XnatRemote(SpecialRemote):
 
     @guarded
     def checkpresent(self, key: str) -> bool:
-        """True on proof (a 200 HEAD of the right size), False on 404, RemoteError otherwise."""
+        """True on proof (a 200 HEAD of the right size), False on 404, RemoteError (unknown)
+        otherwise, a file of another size included: git-annex must not forget a copy on doubt."""
         urls = self._claimed_urls(key)
         if not urls:
             return False
@@ -289,7 +290,10 @@ class XnatRemote(SpecialRemote):
                 continue
             if status.exists and (size is None or status.size is None or status.size == size):
                 return True
-            if status.exists is None:
+            if status.exists:  # neither proof nor a 404: the file was replaced on the server
+                unknown.append(f"{url} has {status.size} bytes on XNAT but {key} has {size}: the "
+                               "file changed on the server; run `datalad xnat-update`")
+            elif status.exists is None:
                 unknown.append(status.detail)
         if unknown:
             raise fail(unknown[0])

@@ -378,3 +378,27 @@ def test_local_errors_fail_the_key_not_the_process(xnat, tmp_path):
     assert out[-1] == f"TRANSFER-SUCCESS RETRIEVE {key}"
     assert any(line.startswith("PROGRESS ") for line in out)
     assert hashlib.md5((tmp_path / "ok").read_bytes()).hexdigest() == record.md5
+
+
+def test_checkpresent_is_three_valued(tmp_path, xnat, monkeypatch):
+    """present on proof, absent on 404, unknown otherwise (checkpresentkey exits 0, 1, 100)."""
+    set_env_credential(monkeypatch)
+    repo = make_dataset(tmp_path, xnat)
+    table = register(repo, xnat, experiment="XNAT_E00002", resources=["DICOM"], limit=3)
+    (kept, kept_rec), (gone, gone_rec), (changed, changed_rec) = table.items()
+
+    def checkpresent(record) -> subprocess.CompletedProcess:
+        return annex(repo, "checkpresentkey", md5e_key(record.size, record.md5, record.path),
+                     "xnat", check=False)
+
+    xnat.delete_file(gone_rec.path, resource="DICOM", session="XNAT_E00002",
+                     scan=gone_rec.scan_id)
+    xnat.change_file(changed_rec.path, b"new content", resource="DICOM", session="XNAT_E00002",
+                     scan=changed_rec.scan_id)
+    assert checkpresent(kept_rec).returncode == 0
+    assert checkpresent(gone_rec).returncode == 1
+    out = checkpresent(changed_rec)
+    assert out.returncode == 100 and "changed on the server" in out.stderr + out.stdout
+    xnat.faults.error_status = 500  # not retried, so the test stays fast
+    xnat.faults.error_rate = 1.0
+    assert checkpresent(kept_rec).returncode == 100
