@@ -45,11 +45,11 @@ def test_from_env(monkeypatch):
 
 def test_from_git_config_of_the_repo(tmp_path):
     run(["git", "init", "-q", str(tmp_path)])
-    run(["git", "-C", str(tmp_path), "config", "datalad.credential.MyXnat.user", "bob"])
-    run(["git", "-C", str(tmp_path), "config", "datalad.credential.MyXnat.password", "bob-pass"])
-    cred = lookup_credential("MyXnat", repo=tmp_path)
+    run(["git", "-C", str(tmp_path), "config", "datalad.credential.My-Xnat.org.user", "bob"])
+    run(["git", "-C", str(tmp_path), "config", "datalad.credential.My-Xnat.org.password", "bob-pass"])
+    cred = lookup_credential("My-Xnat.org", repo=tmp_path)
     assert (cred.user, cred.password, cred.source) == ("bob", "bob-pass", "git config")
-    assert lookup_credential("MyXnat") is None  # not in the global config
+    assert lookup_credential("My-Xnat.org") is None  # not in the global config
 
 
 def test_store_then_lookup_in_the_file_keyring(isolated_home):
