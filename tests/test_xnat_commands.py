@@ -491,3 +491,17 @@ def test_prompt_picker_and_keyring(xnat, ds):
                         ("User name", "alice"), ("Password", "alice-pass")])
     assert "xnat_init(ok)" in out, out
     assert "project = PUBLIC1" in (ds / ".datalad/config").read_text()
+
+
+def test_rerun_after_interrupted_subdataset_creation(xnat, alice, ds):
+    """An update interrupted after creating a subdataset, before registering anything: the next
+    run adopts it (registers it in the superdataset, configures it) and ends clean."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-F", "{subject}//{session}/{scan}/", "-c", "NIFTI")
+    datalad("create", str(ds / "SUBJ01"))  # standalone, as the interrupted run left it
+    summary = update(ds, "--reckless", "fast")
+    assert summary["added"] == 12 and summary["failed"] == 0, summary
+    assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
+    assert "SUBJ01" in (ds / ".gitmodules").read_text()
+    assert "datalad.xnat.default.url" in run(
+        ["git", "config", "-f", ".datalad/config", "--list"], cwd=ds / "SUBJ01").stdout
+    assert run(["git", "status", "--porcelain"], cwd=ds / "SUBJ01").stdout == ""

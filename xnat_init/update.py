@@ -681,10 +681,8 @@ class Updater:
         """Create new subdatasets, then one commit per dataset, deepest first."""
         new_datasets = sorted((s for s in self.states.values() if not s.exists),
                               key=lambda s: s.relpath.count("/"))
-        created_children: dict[str, list[DatasetState]] = {}
         for state in new_datasets:
             self.create_subdataset(state)
-            created_children.setdefault(self.parent_of(state.relpath), []).append(state)
         commits = 0
         # make sure every dataset on the way from a changed one up to the top gets a commit
         for relpath in list(self.states):
@@ -708,7 +706,7 @@ class Updater:
         try:
             for state in ordered:
                 gitlinks = self.child_gitlinks(state)
-                extra = self.extra_files(state, created_children.get(state.relpath, []))
+                extra = self.extra_files(state)
                 if state.keys is None and not state.removals and not gitlinks and not extra:
                     continue
                 uuid = remote_uuid(state.path, self.config.remote) or \
@@ -756,17 +754,22 @@ class Updater:
                 links[inner] = child.head
         return links
 
-    def extra_files(self, state: DatasetState, new_children: list[DatasetState]
-                    ) -> dict[str, bytes]:
-        """.gitmodules entries for new children; configuration files for a new dataset."""
+    def extra_files(self, state: DatasetState) -> dict[str, bytes]:
+        """.gitmodules entries for children it does not record yet; configuration files for a
+        subdataset that lacks them (new, or created by an update that was interrupted)."""
         extra: dict[str, bytes] = {}
-        if new_children:
+        unregistered = []
+        for child in self.states.values():
+            if not child.relpath or self.parent_of(child.relpath) != state.relpath:
+                continue
+            inner = child.relpath[len(state.relpath) + 1:] if state.relpath else child.relpath
+            if child.exists and inner not in state.tree.gitlinks:
+                unregistered.append((inner, _dataset_id(child.path)))
+        if unregistered:
             gitmodules = state.path / ".gitmodules"
             content = gitmodules.read_bytes() if gitmodules.exists() else b""
-            extra[".gitmodules"] = _gitmodules_with(content, [
-                (child.relpath[len(state.relpath) + 1:] if state.relpath else child.relpath,
-                 _dataset_id(child.path)) for child in new_children])
-        if state.created:
+            extra[".gitmodules"] = _gitmodules_with(content, unregistered)
+        if state.relpath and (state.created or read_config(state.path, self.config.name) is None):
             config_file = state.path / CONFIG_FILE
             base = config_file.read_bytes() if config_file.exists() else None
             extra[CONFIG_FILE] = config_file_content(base, self.config)
