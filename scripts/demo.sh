@@ -43,15 +43,19 @@ cat .datalad/config
 step "datalad xnat-update --reckless fast   (registers every file, downloads nothing)"
 time datalad xnat-update --reckless fast
 
-first_subject=$(find . -mindepth 1 -maxdepth 1 -type d ! -name '.*' | sort | head -n1)
+# awk reads its whole input (unlike head), so no SIGPIPE trips pipefail
+first() { awk -v n="${1:-1}" 'NR <= n'; }
+first_subject=$(find . -mindepth 1 -maxdepth 1 -type d ! -name '.*' | sort | first)
 step "datalad get $first_subject"
 datalad get -J4 "$first_subject"
 
 step "the dataset"
-find . -path ./.git -prune -o -path ./.datalad -prune -o -print | sort | head -n 40
-echo "..."
+echo "folders (subject/session/scan):"
+find . -mindepth 1 -maxdepth 3 -type d ! -path './.*' | sort | first 25
+echo "$(git annex find --include='*' | wc -l) files tracked, $(git annex find --in here | wc -l) with content here; for example:"
+find "$first_subject" -type l | sort | first 5
 step "git annex whereis (one file) and fsck of what was fetched"
-one=$(git annex find --in here | head -n1)
+one=$(git annex find --in here | first)
 git annex whereis "$one"
 git annex fsck --fast -q "$first_subject" && echo "fsck: all fetched content verified"
 git annex info --fast . | grep -E 'annexed files|size of annexed files|local annex'

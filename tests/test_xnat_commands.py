@@ -127,6 +127,9 @@ def test_init_writes_config_provider_and_remote(xnat, alice, ds):
     assert "[provider:xnat-default]" in provider and "http_basic_auth" in provider
     assert "credential = 127.0.0.1" in provider and "[credential:127.0.0.1]" in provider
     assert "type = user_password" in provider
+    # configuration lives in git, not in the annex: a fresh clone reads it without a get
+    assert not (ds / ".datalad/providers/xnat-default.cfg").is_symlink()
+    assert run(["git", "annex", "find", "--include=*", ".datalad"], cwd=ds).stdout == ""
     remote_cfg = run(["git", "annex", "info", "--json", "xnat"], cwd=ds).stdout
     assert json.loads(remote_cfg)["type"] == "external"
     remote_log = run(["git", "show", "git-annex:remote.log"], cwd=ds).stdout

@@ -251,8 +251,10 @@ class XnatInit(Interface):
             return
         save_message = (f"[DATALAD] xnat-init: track XNAT project {project} at {base_url} "
                         f"as '{name}' (remote {config.remote})")
+        # to_git: the provider file is configuration that DataLad reads from the work tree,
+        # so it must never be annexed (and absent in a fresh clone)
         for res in ds.save(path=[CONFIG_FILE, provider_path(name)], message=save_message,
-                           result_renderer="disabled", return_type="generator",
+                           to_git=True, result_renderer="disabled", return_type="generator",
                            on_failure="ignore"):
             if res.get("status") not in ("ok", "notneeded"):
                 yield res

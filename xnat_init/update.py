@@ -722,6 +722,7 @@ class Updater:
                     state.head = new
                     if state.relpath:
                         self.state_for(self.parent_of(state.relpath)).subdatasets_updated += 1
+            done = total  # progress counted distinct keys; files sharing content share one
         finally:
             log_progress(lgr.info, pid, "Registered %d files", done)
         return commits
