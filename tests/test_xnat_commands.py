@@ -273,8 +273,61 @@ def test_update_registers_md5e_keys_then_gets(xnat, alice, ds):
     # every file has its content (files with one content share a key, fetched once)
     assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
     assert (ds / mat).read_bytes() == info.content()
-    run(["git", "annex", "fsck", "--fast", "--quiet"], cwd=ds)
+    # placed directly (one location-log commit on git-annex's branch), not through git annex get
+    assert "content fetched from XNAT" in run(["git", "log", "--format=%s", "git-annex"],
+                                              cwd=ds).stdout
+    assert_annex_owns_content(ds, mat)
+
+
+def assert_annex_owns_content(ds: Path, path: str) -> None:
+    """Content placed by xnat-update is what git-annex itself would have: checksums verify, the
+    location log says here, the object is write-protected, drop and get work."""
+    run(["git", "annex", "fsck", "--quiet"], cwd=ds)  # full checksums of everything present
     assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
+    whereis = json.loads(run(["git", "annex", "whereis", "--json", path], cwd=ds).stdout)
+    assert "[here]" in [w["description"] for w in whereis["whereis"]] or any(
+        w["here"] for w in whereis["whereis"])
+    obj = (ds / path).resolve()
+    assert not os.access(obj, os.W_OK) or os.geteuid() == 0
+    assert obj.stat().st_mode & 0o222 == 0 and obj.parent.stat().st_mode & 0o222 == 0
+    content = obj.read_bytes()
+    run(["git", "annex", "drop", path], cwd=ds)  # needs the xnat remote to confirm its copy
+    assert not (ds / path).exists()
+    run(["git", "annex", "get", path], cwd=ds)
+    assert (ds / path).read_bytes() == content
+
+
+def test_default_update_fetches_through_git_annex_when_asked(xnat, alice, ds):
+    """datalad.xnat.fetch-method=annex: content comes through `git annex get` and the special
+    remote instead of being placed directly; the result is the same."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-c", "MAT")
+    run(["git", "config", "datalad.xnat.fetch-method", "annex"], cwd=ds)
+    summary = update(ds)
+    assert summary["fetched"] > 0 and summary["failed"] == 0
+    assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
+    assert "content fetched from XNAT" not in run(["git", "log", "--format=%s", "git-annex"],
+                                                  cwd=ds).stdout
+    assert_annex_owns_content(ds, "SUBJ01/SUBJ01_MR1/BOLD_1/bold xfm+run #1.mat")
+
+
+def test_default_update_reports_bad_downloads_and_keeps_nothing(xnat, alice, ds):
+    """Corrupted bodies (right length, wrong bytes) fail their files with one line each; nothing
+    unverified lands in the annex, and a later update fetches what is missing."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-c", "MAT")
+    update(ds, "--reckless", "fast")
+    xnat.faults.corrupt_downloads = True
+    records = results("xnat-update", cwd=ds)
+    failed = [r for r in records if r.get("type") == "file" and r["status"] == "error"]
+    assert failed and all("MD5" in r["message"] for r in failed), failed
+    assert all("\n" not in r["message"] for r in failed)
+    assert run(["git", "annex", "find", "--in", "here"], cwd=ds).stdout == ""
+    objects = ds / ".git" / "annex" / "objects"
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+    assert not any(p.is_file() for p in (ds / ".git" / "annex" / "tmp").rglob("*"))
+    xnat.faults.clear()
+    summary = update(ds)
+    assert summary["fetched"] == len(failed) and summary["failed"] == 0
+    assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
 
 
 def test_incremental_updates(xnat, alice, ds):

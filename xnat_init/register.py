@@ -329,7 +329,7 @@ class Change:
     url: str
 
 
-def _journal_is_empty(repo: Path) -> bool:
+def journal_is_empty(repo: Path) -> bool:
     journal = repo / ".git" / "annex" / "journal"
     try:
         return not any(journal.iterdir())
@@ -364,17 +364,21 @@ def _grouped_by_key(pairs_sorted: Iterable[tuple[str, str]]) -> Iterator[tuple[s
             if current_key is not None:
                 yield current_key, current_urls
             current_key, current_urls = key, []
-        if url not in current_urls:
+        if url and url not in current_urls:
             current_urls.append(url)
     if current_key is not None:
         yield current_key, current_urls
 
 
 def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
-                        progress: Callable[[int], None] | None) -> int:
-    """One fast-import commit on git-annex's branch: every key present in the remote, its URLs.
+                        progress: Callable[[int], None] | None,
+                        message: bytes = b"update (xnat-update: register keys and xnat: URLs)"
+                        ) -> int:
+    """One fast-import commit on git-annex's branch: every key present in the repository or
+    remote `remote_uuid`, and its URLs.
 
-    `pairs_sorted` are (key, url), grouped by key. Returns the number of keys written.
+    `pairs_sorted` are (key, url), grouped by key; an empty url records presence only.
+    Returns the number of keys written.
     The existing logs are read with a pipelined `git cat-file --batch` (a feeder thread asks,
     this thread reads the answers in order), so no request waits for the previous answer.
     """
@@ -393,7 +397,6 @@ def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], rem
     assert proc.stdin and catfile.stdin and catfile.stdout
     out = proc.stdin
     answers = catfile.stdout
-    message = b"update (xnat-update: register keys and xnat: URLs)"
     out.write(b"commit refs/heads/git-annex\n")
     out.write(f"committer {who}\n".encode())
     out.write(b"data %d\n%s\n" % (len(message), message))
@@ -406,9 +409,10 @@ def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], rem
             for key, urls in _grouped_by_key(pairs_sorted):
                 base = f"{hashdir_lower(key)}{key}"
                 pending.put((base, urls))
-                catfile.stdin.write(f"refs/heads/git-annex:{base}.log\n"
-                                    f"refs/heads/git-annex:{base}.log.web\n"
-                                    .encode("utf-8", "surrogateescape"))
+                wanted = f"refs/heads/git-annex:{base}.log\n"
+                if urls:
+                    wanted += f"refs/heads/git-annex:{base}.log.web\n"
+                catfile.stdin.write(wanted.encode("utf-8", "surrogateescape"))
             catfile.stdin.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             feed_error.append(exc)
@@ -442,7 +446,7 @@ def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], rem
             location = _annex_log_with(answer(), remote_uuid, stamp)
             if location is not None:
                 emit(base + ".log", location)
-            web = answer()
+            web = answer() if urls else None
             changed = False
             for url in urls:
                 updated = _annex_log_with(web, ":" + url, stamp)
@@ -587,10 +591,17 @@ def commit_tree_changes(repo: Path, changes: Iterable[Change], removals: Iterabl
 def register_keys(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
                   remote_name: str, progress: Callable[[int], None] | None = None) -> None:
     """Record in git-annex's branch that the remote has each key, and its xnat: URL."""
-    if register_method(repo) == "batch" or not _journal_is_empty(repo):
+    if register_method(repo) == "batch" or not journal_is_empty(repo):
         _register_urls_batch(repo, pairs_sorted, remote_name, progress)
     else:
         _write_annex_branch(repo, pairs_sorted, remote_uuid, progress)
+
+
+def record_present(repo: Path, keys_sorted: Iterable[str], uuid: str) -> None:
+    """Record in git-annex's branch that the repository `uuid` has each key (content placed
+    by content.AnnexPlacer). The caller checked that git-annex's journal is empty."""
+    _write_annex_branch(repo, ((key, "") for key in keys_sorted), uuid, None,
+                        message=b"update (xnat-update: content fetched from XNAT)")
 
 
 class KeySpool:

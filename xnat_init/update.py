@@ -16,7 +16,9 @@ How an update runs, and why:
 6. create the new `//` subdatasets (with the special remote and the configuration they need);
 7. register, deepest dataset first, with one fast-import commit per dataset (register.py), so a
    dataset gets exactly one commit per update, whose message summarises it;
-8. unless `--reckless fast`, `git annex get -J N` the registered files through the special remote.
+8. unless `--reckless fast`, fetch the registered files' content, N at a time: downloaded,
+   verified and placed into the annex directly where git-annex would do the same (content.py),
+   else with `git annex get -J N` through the special remote.
 
 An interrupted update leaves every dataset at its last complete commit; run it again.
 """
@@ -58,6 +60,7 @@ from .config import (
     provider_path,
     read_config,
 )
+from .content import AnnexPlacer, Wanted, direct_fetch_refusal
 from .init import ensure_special_remote, remote_uuid
 from .layout import (
     CollisionTracker,
@@ -232,20 +235,21 @@ class DatasetState:
     wanted: "tempfile._TemporaryFileWrapper | None" = None   # paths to fetch content for
     subdatasets_updated: int = 0
 
-    def want_content(self, path: str) -> None:
+    def want_content(self, path: str, key: str, url: str) -> None:
         if self.wanted is None:
             self.wanted = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
                                                       errors="surrogateescape",
                                                       prefix="xnat-wanted-")
-        self.wanted.write(path + "\n")
+        self.wanted.write(f"{path}\t{key}\t{url}\n")
 
-    def iter_wanted(self) -> Iterator[str]:
+    def iter_wanted(self) -> Iterator[Wanted]:
         if self.wanted is None:
             return
         self.wanted.flush()
         self.wanted.seek(0)
         for line in self.wanted:
-            yield line.rstrip("\n")
+            path, key, url = line.rstrip("\n").split("\t")
+            yield Wanted(path, key, url)
 
     def spool_change(self, path: str, key: str, url: str, size: int) -> None:
         if self.changes is None:
@@ -368,7 +372,8 @@ class Updater:
             return
         from git_annex_remote_xnat.client import XnatClient
 
-        self.client = XnatClient(self.config.url, resolved.credential, retries=3)
+        self.client = XnatClient(self.config.url, resolved.credential, retries=3,
+                                 pool_size=max(16, self.options.jobs or 0))
         try:
             yield from self._run_locked()
         finally:
@@ -497,8 +502,6 @@ class Updater:
         inner = rendered.path_in_dataset
         index = state.tree.lookup(path_hash(inner)) if state.tree.paths else None
         changed = False
-        if not self.options.fast:
-            state.want_content(inner)
         if index is not None:
             state.tree.seen[index] = 1
             old = state.tree.blobs[index]
@@ -508,11 +511,14 @@ class Updater:
             same = old == symlink_fingerprint(key, inner)
             if same and not self.options.force:
                 self.counts.unchanged += 1
+                self.want_content(state, inner, key, url)
                 return
             if not same and self.options.ifexists == "skip":
+                # the dataset keeps the old version, whose content the server no longer has
                 self.counts.skipped += 1
                 return
             changed = not same
+        self.want_content(state, inner, key, url)
         if index is None:
             self.counts.added += 1
             self.counts.bytes_added += size
@@ -598,7 +604,7 @@ class Updater:
                 known[(relpath, path)] = key
         remaining = []
         for item in items:
-            rendered, _, record = item
+            rendered, url, record = item
             inner = rendered.path_in_dataset
             key = known.get((rendered.dataset, inner))
             if not key or f"-s{record.size}--" not in key:
@@ -609,9 +615,13 @@ class Updater:
             if index is not None:
                 state.tree.seen[index] = 1
             self.counts.unchanged += 1
-            if not self.options.fast:
-                state.want_content(inner)
+            self.want_content(state, inner, key, url)
         return remaining
+
+    def want_content(self, state: DatasetState, path: str, key: str, url: str) -> None:
+        """Remember a file whose content the default mode (not --reckless fast) fetches."""
+        if not self.options.fast:
+            state.want_content(path, key, url)
 
     # ------------------------------------------------------------------ gone files
 
@@ -796,9 +806,8 @@ class Updater:
     # ------------------------------------------------------------------ content
 
     def fetch(self) -> Iterator[dict]:
-        """`git annex get -J N` of everything registered, per dataset, through the remote."""
-        import json
-
+        """Fetch the content of every wanted file, per dataset: placed directly into the annex
+        (content.py) where git-annex would place it the same way, else `git annex get -J N`."""
         jobs = self.options.jobs or 4
         total = sum(1 for s in self.states.values() for _ in s.iter_wanted())
         if not total:
@@ -807,55 +816,85 @@ class Updater:
         log_progress(lgr.info, pid, "Downloading %d files", total, label="Downloading",
                      total=total, unit=" files")
         done = 0
-        for state in self.states.values():
-            if state.wanted is None or not state.exists:
-                continue
-            proc = subprocess.Popen(
-                ["git", "-C", str(state.path), "annex", "get", f"-J{jobs}", "--batch", "--json",
-                 "--json-error-messages", "--from", self.config.remote],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                encoding="utf-8", errors="surrogateescape")
-
-            def feed(proc=proc, state=state):
-                assert proc.stdin
-                try:
-                    for path in state.iter_wanted():
-                        proc.stdin.write(path + "\n")
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-
-            writer = threading.Thread(target=feed, daemon=True)
-            writer.start()
-            assert proc.stdout
-            for line in proc.stdout:
-                try:
-                    record = json.loads(line)
-                except ValueError:
+        try:
+            for state in self.states.values():
+                if state.wanted is None or not state.exists:
                     continue
-                if "success" not in record:
-                    continue
-                done += 1
-                log_progress(lgr.info, pid, "Downloaded %d", done, update=done,
-                             noninteractive_level=5)
-                if record["success"]:
-                    self.counts.fetched += 1
-                    key = record.get("key") or ""
-                    size = key.split("--", 1)[0].rsplit("-s", 1)[-1]
-                    self.counts.bytes_fetched += int(size) if size.isdigit() else 0
+                refusal = direct_fetch_refusal(state.path)
+                if refusal is None:
+                    outcomes = self._fetch_direct(state, jobs)
                 else:
+                    lgr.debug("fetching with git annex get in %s: %s", state.path, refusal)
+                    outcomes = self._fetch_with_annex(state, jobs)
+                for path, size, error in outcomes:
+                    done += 1
+                    log_progress(lgr.info, pid, "Downloaded %d", done, update=done,
+                                 noninteractive_level=5)
+                    if error is None:
+                        self.counts.fetched += 1
+                        self.counts.bytes_fetched += size
+                        continue
                     self.counts.failed += 1
-                    yield get_status_dict(
-                        action=ACTION, path=str(state.path / record.get("file", "")),
-                        type="file", status="error", logger=lgr,
-                        message="download failed: " + one_line(
-                            " ".join(record.get("error-messages", [])) or "git annex get failed"))
-            writer.join()
-            stderr = proc.stderr.read() if proc.stderr else ""
-            proc.wait()
-            if proc.returncode != 0 and stderr.strip():
-                lgr.debug("git annex get: %s", stderr.strip())
-        log_progress(lgr.info, pid, "Downloaded %d files", done)
+                    yield get_status_dict(action=ACTION, path=str(state.path / path),
+                                          type="file", status="error", logger=lgr,
+                                          message="download failed: " + one_line(error))
+        except RegistrationError as exc:
+            self.counts.failed += 1
+            yield self.result("error", str(exc))
+        finally:
+            log_progress(lgr.info, pid, "Downloaded %d files", done)
+
+    def _fetch_direct(self, state: DatasetState, jobs: int) -> Iterator[tuple[str, int, str | None]]:
+        from git_annex_remote_xnat.urls import rest_path
+
+        def download(url: str, dest: Path, size: int, md5: str) -> None:
+            self.client.download(rest_path(url, self.config.url), dest, size=size, md5=md5)
+
+        placer = AnnexPlacer(state.path, download, jobs)
+        for outcome in placer.fetch_all(state.iter_wanted()):
+            yield outcome.wanted.path, outcome.size, outcome.error
+
+    def _fetch_with_annex(self, state: DatasetState,
+                          jobs: int) -> Iterator[tuple[str, int, str | None]]:
+        import json
+
+        proc = subprocess.Popen(
+            ["git", "-C", str(state.path), "annex", "get", f"-J{jobs}", "--batch", "--json",
+             "--json-error-messages", "--from", self.config.remote],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            encoding="utf-8", errors="surrogateescape")
+
+        def feed() -> None:
+            assert proc.stdin
+            try:
+                for wanted in state.iter_wanted():
+                    proc.stdin.write(wanted.path + "\n")
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        assert proc.stdout
+        for line in proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "success" not in record:
+                continue
+            if record["success"]:
+                key = record.get("key") or ""
+                size = key.split("--", 1)[0].rsplit("-s", 1)[-1]
+                yield record.get("file", ""), int(size) if size.isdigit() else 0, None
+            else:
+                yield (record.get("file", ""), 0,
+                       " ".join(record.get("error-messages", [])) or "git annex get failed")
+        writer.join()
+        stderr = proc.stderr.read() if proc.stderr else ""
+        proc.wait()
+        if proc.returncode != 0 and stderr.strip():
+            lgr.debug("git annex get: %s", stderr.strip())
 
 
 def _dataset_id(path: Path) -> str:

@@ -99,6 +99,31 @@ def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) 
     return res
 
 
+def annex_directory_floor(ctx: Context, ds: Path, label: str, jobs: int) -> RunResult:
+    """`git annex get -J<jobs>` of the same keys from a local `directory` special remote: no
+    network and no remote of ours, so what it costs is git-annex's own work per key. `ds` must
+    hold every file's content (a finished `ours_get` dataset); the copy and drop are untimed."""
+    res = RunResult(ds=ds)
+    env = OURS.env(ctx.home)
+    store = ds.parent / "directory-remote"
+    try:
+        store.mkdir(exist_ok=True)
+        git = ["git", "-C", str(ds), "annex"]
+        run_checked(git + ["initremote", "floordir", "type=directory", f"directory={store}",
+                           "encryption=none"], env)
+        run_checked(git + ["copy", "-J4", "-q", "--to", "floordir", "."], env, timeout=ctx.timeout)
+        run_checked(git + ["drop", "-q", "--force", "."], env, timeout=ctx.timeout)
+        m = ctx.timed(label, git + ["get", f"-J{jobs}", "-q", "--from", "floordir", "."], env)
+        res.measurement = m
+        if m.ok:
+            res.wall = m.wall
+        else:
+            res.error = failure(m)
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
 def peer_update(ctx: Context, emu: EmulatorProcess, n: int, label: str,
                 reckless_fast: bool) -> RunResult:
     res = RunResult()

@@ -1,0 +1,110 @@
+"""Placing content into the annex directly (xnat_init.content), checked against real git-annex.
+
+The end-to-end path (xnat-update against the emulator, then fsck, whereis, drop, get) is in
+test_xnat_commands.py; here: that our placement is git-annex's, and when we leave it to git-annex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+from xnat_init.content import (
+    AnnexPlacer,
+    Wanted,
+    direct_fetch_refusal,
+    key_size_and_md5,
+    object_path,
+)
+from xnat_init.layout import md5e_key
+
+
+def make_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "ds"
+    run(["git", "init", "-q", str(repo)])
+    run(["git", "annex", "init", "-q"], cwd=repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "init"], cwd=repo)
+    return repo
+
+
+def test_object_path_is_git_annexes(tmp_path):
+    repo = make_repo(tmp_path)
+    for name, data in (("a.dcm", b"x"), ("weird name+#.nii.gz", b"y" * 100), ("noext", b"")):
+        key = md5e_key(len(data), hashlib.md5(data).hexdigest(), name)
+        theirs = run(["git", "annex", "examinekey", key, "--format=${objectpath}\n"],
+                     cwd=repo).stdout.strip()
+        assert object_path(repo, key) == repo / theirs
+        assert key_size_and_md5(key) == (len(data), hashlib.md5(data).hexdigest())
+    assert key_size_and_md5("URL--http&c%%example") is None
+
+
+@pytest.mark.parametrize("setting, value, reason", [
+    (None, None, None),
+    ("core.sharedRepository", "group", "core.sharedrepository"),
+    ("annex.crippledfilesystem", "true", "annex.crippledfilesystem"),
+    ("annex.tune.objecthashlower", "true", "annex.tune.objecthashlower"),
+    ("datalad.xnat.fetch-method", "annex", "fetch-method=annex"),
+    ("core.sharedRepository", "false", None),
+])
+def test_refusals(tmp_path, setting, value, reason):
+    repo = make_repo(tmp_path)
+    if setting:
+        run(["git", "config", setting, value], cwd=repo)
+    refusal = direct_fetch_refusal(repo)
+    if reason is None:
+        assert refusal is None
+    else:
+        assert refusal and reason in refusal
+
+
+def test_uninitialised_and_journal(tmp_path):
+    plain = tmp_path / "plain"
+    run(["git", "init", "-q", str(plain)])
+    assert "not initialised" in direct_fetch_refusal(plain)
+    repo = make_repo(tmp_path)
+    journal = repo / ".git" / "annex" / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    (journal / "uuid.log").write_text("pending\n")
+    assert "journal" in direct_fetch_refusal(repo)
+
+
+def test_placer_places_records_and_reports(tmp_path):
+    """A fake download (a local copy: the HTTP side is tested with the emulator elsewhere) shows
+    what the placer does with good, corrupt and duplicate keys."""
+    repo = make_repo(tmp_path)
+    good, bad = b"good content", b"bad content"
+    key_good = md5e_key(len(good), hashlib.md5(good).hexdigest(), "g.dcm")
+    key_bad = md5e_key(len(bad), hashlib.md5(bad).hexdigest(), "b.dcm")
+    for path, key in (("g.dcm", key_good), ("b.dcm", key_bad), ("g2.dcm", key_good)):
+        os.symlink(os.path.relpath(object_path(repo, key), repo), repo / path)
+    run(["git", "add", "."], cwd=repo)
+    run(["git", "commit", "-q", "-m", "links"], cwd=repo)
+    calls = []
+
+    def download(url: str, dest: Path, size: int, md5: str) -> None:
+        calls.append(url)
+        if url == "bad":
+            raise RuntimeError("delivered content with MD5 0000, expected " + md5)
+        dest.write_bytes(good)
+
+    placer = AnnexPlacer(repo, download, jobs=2)
+    wanted = [Wanted("g.dcm", key_good, "good"), Wanted("b.dcm", key_bad, "bad"),
+              Wanted("g2.dcm", key_good, "good")]
+    outcomes = {o.wanted.path: o for o in placer.fetch_all(wanted)}
+    assert outcomes["g.dcm"].error is None and outcomes["g.dcm"].size == len(good)
+    assert "MD5" in outcomes["b.dcm"].error
+    assert calls.count("good") == 1  # a key wanted twice is fetched once
+    assert not object_path(repo, key_bad).exists()
+    assert not any(p.is_file() for p in (repo / ".git/annex/tmp").rglob("*"))
+    # git-annex agrees: content here, checksum right, location log written
+    run(["git", "annex", "fsck", "--quiet", "g.dcm", "g2.dcm"], cwd=repo)
+    found = run(["git", "annex", "find", "--in", "here", "--json"], cwd=repo).stdout
+    assert sorted(json.loads(line)["file"] for line in found.splitlines()) == ["g.dcm", "g2.dcm"]
+    # a second pass finds the content present and downloads nothing
+    assert list(AnnexPlacer(repo, download, jobs=2).fetch_all(wanted[:1])) == []
+    assert calls.count("good") == 1
