@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import string
 from array import array
+from itertools import islice
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
@@ -362,10 +363,21 @@ class CollisionTracker:
         return len(self._files)
 
     def duplicates(self) -> set[int]:
-        """Fingerprints used by two files, or by a file and a folder."""
-        ordered = sorted(self._files)
-        clashes = {a for a, b in zip(ordered, ordered[1:]) if a == b}
-        clashes.update(fp for fp in ordered if fp in self._folders)
+        """Fingerprints used by two files, or by a file and a folder.
+
+        Sorted in 256 buckets by the top byte: sorting all at once would make a list of Python
+        ints (about 40 bytes per file, 40 MB at a million files) where the buckets cost 8 bytes
+        per file and one small list at a time.
+        """
+        buckets = [array("Q") for _ in range(256)]
+        for fingerprint in self._files:
+            buckets[fingerprint >> 56].append(fingerprint)
+        clashes: set[int] = set()
+        for index, bucket in enumerate(buckets):
+            ordered = sorted(bucket)
+            buckets[index] = array("Q")  # free it as soon as it is sorted
+            clashes.update(a for a, b in zip(ordered, islice(ordered, 1, None)) if a == b)
+            clashes.update(fp for fp in ordered if fp in self._folders)
         return clashes
 
 

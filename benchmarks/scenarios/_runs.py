@@ -7,6 +7,7 @@ returns a RunResult and never raises for a failing tool: the error goes into `er
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,16 +103,22 @@ def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) 
 def annex_directory_floor(ctx: Context, ds: Path, label: str, jobs: int) -> RunResult:
     """`git annex get -J<jobs>` of the same keys from a local `directory` special remote: no
     network and no remote of ours, so what it costs is git-annex's own work per key. `ds` must
-    hold every file's content (a finished `ours_get` dataset); the copy and drop are untimed."""
+    hold every file's content (a finished `ours_get` dataset) the first time; the set-up (copy
+    to the directory remote) and the drop before each timed get are untimed."""
     res = RunResult(ds=ds)
     env = OURS.env(ctx.home)
     store = ds.parent / "directory-remote"
     try:
-        store.mkdir(exist_ok=True)
         git = ["git", "-C", str(ds), "annex"]
-        run_checked(git + ["initremote", "floordir", "type=directory", f"directory={store}",
-                           "encryption=none"], env)
-        run_checked(git + ["copy", "-J4", "-q", "--to", "floordir", "."], env, timeout=ctx.timeout)
+        configured = subprocess.run(["git", "-C", str(ds), "config", "--get",
+                                     "remote.floordir.annex-uuid"], env=env,
+                                    capture_output=True).returncode == 0
+        if not configured:
+            store.mkdir(exist_ok=True)
+            run_checked(git + ["initremote", "floordir", "type=directory",
+                               f"directory={store}", "encryption=none"], env)
+            run_checked(git + ["copy", "-J4", "-q", "--to", "floordir", "."], env,
+                        timeout=ctx.timeout)
         run_checked(git + ["drop", "-q", "--force", "."], env, timeout=ctx.timeout)
         m = ctx.timed(label, git + ["get", f"-J{jobs}", "-q", "--from", "floordir", "."], env)
         res.measurement = m

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-from ..common import OURS, run_checked
 from ..context import Context, rss_extra
 from ..emulator import EmulatorProcess
 from ..results import Figure, Section, now, ratio
@@ -70,9 +69,6 @@ def run(ctx: Context, selected: set) -> Section:
                             f_floor.error = fl.error
                             break
                         f_floor.runs.append(fl.wall)
-                        if k + 1 < ctx.reps:
-                            run_checked(["git", "-C", str(res.ds), "annex", "drop", "-q",
-                                         "--force", "."], OURS.env(ctx.home), timeout=ctx.timeout)
                 ctx.workdir(f"download-ours-get-{i}")
 
         f_peer = sec.add(Figure(case, "datalad-xnat 0.2.1: xnat-update (default)", "time", "s"))
