@@ -619,7 +619,9 @@ class KeySpool:
     def sorted_pairs(self) -> Iterator[tuple[str, str]]:
         self._file.close()
         env = dict(os.environ, LC_ALL="C")
-        proc = subprocess.Popen(["sort", "-t", "\t", "-k1,1", "-s", self._file.name],
+        # -S: sort's own buffer, else it holds the whole spool in memory (250 MB at 1M files)
+        proc = subprocess.Popen(["sort", "-S", "32M", "-t", "\t", "-k1,1", "-s",
+                                 self._file.name],
                                 stdout=subprocess.PIPE, env=env, text=True,
                                 encoding="utf-8", errors="surrogateescape")
         assert proc.stdout
