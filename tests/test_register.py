@@ -122,3 +122,54 @@ def test_nothing_to_commit_and_local_change_refused(tmp_path):
                             [], {}, "second")
     assert run(["git", "rev-parse", "HEAD"], cwd=repo).stdout == head
     assert (repo / "x.txt").read_text() == "mine"
+
+
+def test_annex_branch_written_in_chunks(tmp_path, monkeypatch):
+    """Registration across several fast-import chunks (one per ANNEX_CHUNK_KEYS keys) loses no
+    key and no URL, and records location and URL of a key in one chunk even when it has two
+    URLs (the spool keeps a key's pairs together)."""
+    import xnat_init.register as register
+
+    monkeypatch.setattr(register, "ANNEX_CHUNK_KEYS", 3)
+    repo, uuid = make_repo(tmp_path)
+    before = int(run(["git", "rev-list", "--count", "git-annex"], cwd=repo).stdout)
+    files = {f"f{i:02d}.dcm": str(i).encode() for i in range(10)}
+    files["copy.dcm"] = b"4"  # same content as f04.dcm: one key, two URLs
+    changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
+    spool = KeySpool()
+    for change in changes:
+        spool.add(change.key, change.url)
+    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+    spool.close()
+    commit_tree_changes(repo, changes, [], {}, "register")
+    keys = {c.key for c in changes}
+    assert len(keys) == 10
+    after = int(run(["git", "rev-list", "--count", "git-annex"], cwd=repo).stdout)
+    assert after - before == 4  # ceil(10 / 3) chunks, one commit each
+    urls = key_urls(repo, keys)
+    for change in changes:
+        assert change.url in urls[change.key]
+    missing = run(["git", "annex", "find", "--not", "--in", "xnat"], cwd=repo).stdout
+    assert missing == ""
+
+
+def test_tree_built_in_steps_is_one_commit(tmp_path, monkeypatch):
+    """A tree written in several fast-import steps still lands as one commit on HEAD, with the
+    removals, and nothing changed gives no commit."""
+    import xnat_init.register as register
+
+    monkeypatch.setattr(register, "TREE_CHUNK_CHANGES", 4)
+    repo, _ = make_repo(tmp_path)
+    head = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    changes = [Change(f"s{i % 3}/f{i}.dcm", key_for(f"f{i}.dcm", str(i).encode()),
+                      url_for(f"f{i}.dcm")) for i in range(11)]
+    new = commit_tree_changes(repo, changes, [], {}, "eleven files")
+    assert run(["git", "rev-parse", f"{new}^"], cwd=repo).stdout.strip() == head
+    assert run(["git", "log", "-1", "--format=%s"], cwd=repo).stdout.strip() == "eleven files"
+    assert len(run(["git", "ls-files"], cwd=repo).stdout.splitlines()) == 11
+    assert run(["git", "for-each-ref", "refs/xnat-update"], cwd=repo).stdout == ""
+    again = commit_tree_changes(repo, changes[1:6], ["s0/f0.dcm"], {}, "one removed")
+    assert run(["git", "rev-parse", f"{again}^"], cwd=repo).stdout.strip() == new
+    assert not (repo / "s0/f0.dcm").exists() and (repo / "s1/f1.dcm").is_symlink()
+    assert commit_tree_changes(repo, changes[1:5], [], {}, "same") is None
+    assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""

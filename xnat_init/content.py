@@ -171,7 +171,7 @@ class AnnexPlacer:
     def record(self) -> None:
         """Write "present here" for the keys placed so far (idempotent per key)."""
         with self._lock:
-            keys, self.placed = sorted(set(self.placed)), []
+            keys, self.placed = self.placed, []
         if not keys:
             return
         try:
