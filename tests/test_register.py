@@ -46,6 +46,17 @@ def url_for(path: str) -> str:
     return f"xnat://127.0.0.1:9/experiments/E1/scans/1/resources/DICOM/files/{path.replace(' ', '%20')}"
 
 
+def register_files(repo: Path, uuid: str, files: dict[str, bytes]) -> list[Change]:
+    """Register {path: content} in git-annex's branch the way xnat-update does (no commit)."""
+    changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
+    spool = KeySpool()
+    for change in changes:
+        spool.add(change.key, change.url)
+    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+    spool.close()
+    return changes
+
+
 def test_hashdirs_match_git_annex(tmp_path):
     repo, _ = make_repo(tmp_path)
     keys = [key_for(f"f{i}.dcm", str(i).encode()) for i in range(50)] + \
@@ -62,12 +73,7 @@ def test_register_then_whereis_and_update(tmp_path, method):
     run(["git", "config", "datalad.xnat.register-method", method], cwd=repo)
     files = {"a/b.dcm": b"one", "a/c d.nii.gz": b"two", "top.txt": b"three", "dup.txt": b"three",
              'we"ird\\name.json': b"four"}
-    changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
-    spool = KeySpool()
-    for change in changes:
-        spool.add(change.key, change.url)
-    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
-    spool.close()
+    changes = register_files(repo, uuid, files)
     new = commit_tree_changes(repo, changes, [], {}, "register")
     assert new
     assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
@@ -135,12 +141,7 @@ def test_annex_branch_written_in_chunks(tmp_path, monkeypatch):
     before = int(run(["git", "rev-list", "--count", "git-annex"], cwd=repo).stdout)
     files = {f"f{i:02d}.dcm": str(i).encode() for i in range(10)}
     files["copy.dcm"] = b"4"  # same content as f04.dcm: one key, two URLs
-    changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
-    spool = KeySpool()
-    for change in changes:
-        spool.add(change.key, change.url)
-    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
-    spool.close()
+    changes = register_files(repo, uuid, files)
     commit_tree_changes(repo, changes, [], {}, "register")
     keys = {c.key for c in changes}
     assert len(keys) == 10
