@@ -11,9 +11,10 @@ minutes. Almost none of that is necessary work: what a registered file *is* cons
 * a URL log `<hashdirlower>/<key>.log.web` with the `xnat:` URL (prefixed with `:`, git-annex's
   mark for URLs claimed by a special remote, as registerurl writes it).
 
-So the default method ("fast-import") writes exactly those with one `git fast-import` per dataset:
-one commit on the git-annex branch (existing logs of a key are read with `git cat-file --batch`
-and appended to, never replaced) and one commit on the dataset's branch, then moves the work tree
+So the default method ("fast-import") writes exactly those with `git fast-import`: commits on the
+git-annex branch, one per 50,000 keys (existing logs of a key are read with `git cat-file --batch`
+and appended to, never replaced), and one commit on the dataset's branch (its tree built in steps
+of 100,000 files, so no fast-import process holds a million objects), then moves the work tree
 to it with `git read-tree -m -u` (which refuses, and changes nothing, if a local modification is
 in the way). git-annex notices that its branch moved and merges it into its index on the next run
 (tested: whereis, get, fsck, and later registerurl calls keep both). The formats are git-annex's
