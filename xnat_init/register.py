@@ -500,6 +500,20 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
     return written
 
 
+def annex_json_results(lines: Iterable[str]) -> Iterator[dict]:
+    """The result records of a `git annex … --json` run (one per file or key; other lines and
+    records without "success", such as progress, are skipped)."""
+    import json
+
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "success" in record:
+            yield record
+
+
 def _register_urls_batch(repo: Path, pairs: Iterable[tuple[str, str]], remote_name: str,
                          progress: Callable[[int], None] | None) -> None:
     """The conservative way: `git annex registerurl --batch` (a CLAIMURL per line)."""
@@ -513,15 +527,10 @@ def _register_urls_batch(repo: Path, pairs: Iterable[tuple[str, str]], remote_na
     failures: list[str] = []
 
     def read() -> None:
-        import json
         assert proc.stdout
-        for line in proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not record.get("success", False):
-                failures.append(" ".join(record.get("error-messages", [])) or line.strip())
+        for record in annex_json_results(proc.stdout):
+            if not record["success"]:
+                failures.append(" ".join(record.get("error-messages", [])) or str(record))
             if progress:
                 progress(1)
 

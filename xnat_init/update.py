@@ -76,6 +76,7 @@ from .register import (
     KeySpool,
     RegistrationError,
     TrackedTree,
+    annex_json_results,
     commit_tree_changes,
     current_branch,
     iter_tracked_symlinks,
@@ -856,8 +857,6 @@ class Updater:
 
     def _fetch_with_annex(self, state: DatasetState,
                           jobs: int) -> Iterator[tuple[str, int, str | None]]:
-        import json
-
         proc = subprocess.Popen(
             ["git", "-C", str(state.path), "annex", "get", f"-J{jobs}", "--batch", "--json",
              "--json-error-messages", "--from", self.config.remote],
@@ -876,13 +875,7 @@ class Updater:
         writer = threading.Thread(target=feed, daemon=True)
         writer.start()
         assert proc.stdout
-        for line in proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if "success" not in record:
-                continue
+        for record in annex_json_results(proc.stdout):
             if record["success"]:
                 key = record.get("key") or ""
                 size = key.split("--", 1)[0].rsplit("-s", 1)[-1]
