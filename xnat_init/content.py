@@ -35,8 +35,8 @@ from typing import Callable, Iterable, Iterator
 from .register import (
     RegistrationError,
     git,
-    hashdir_mixed,
     journal_is_empty,
+    object_relpath,
     record_present,
     register_method,
 )
@@ -90,7 +90,7 @@ def direct_fetch_refusal(repo: Path) -> str | None:
 
 def object_path(repo: Path, key: str) -> Path:
     """Where git-annex keeps the content of `key` in a non-bare repository."""
-    return repo / ".git" / "annex" / "objects" / hashdir_mixed(key) / key / key
+    return repo / object_relpath(key)
 
 
 def key_size_and_md5(key: str) -> tuple[int, str] | None:

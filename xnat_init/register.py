@@ -73,10 +73,14 @@ def hashdir_mixed(key: str) -> str:
     return f"{text[:2]}/{text[2:4]}/"
 
 
+def object_relpath(key: str) -> str:
+    """Where git-annex keeps the content of `key`, relative to a non-bare repository's top."""
+    return f".git/annex/objects/{hashdir_mixed(key)}{key}/{key}"
+
+
 def symlink_target(key: str, path_in_dataset: str) -> str:
     """The relative symlink git-annex makes for a locked file at `path_in_dataset`."""
-    depth = path_in_dataset.count("/")
-    return "../" * depth + f".git/annex/objects/{hashdir_mixed(key)}{key}/{key}"
+    return "../" * path_in_dataset.count("/") + object_relpath(key)
 
 
 def blob_sha(content: bytes) -> bytes:
