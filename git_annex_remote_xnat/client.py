@@ -33,7 +33,10 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from requests.cookies import get_cookie_header
+from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -324,6 +327,8 @@ class XnatClient:
         self._logged_in = False
         self._resource_labels: dict[str, str] = {}
         self._comma_support: dict[str, bool] = {}  # "prefix*suffix" -> server takes "ID1,ID2"
+        self._pools: dict[str, tuple[Any, bool]] = {}  # scheme://host -> (pool, absolute target)
+        self._cookie_header: tuple[int, str] | None = None  # (login generation, Cookie value)
         self._probe: tuple[str, list[str], list[dict[str, Any]] | None] | None = None
 
     # ---------------------------------------------------------------- session lifecycle
@@ -422,15 +427,86 @@ class XnatClient:
         except requests.RequestException as exc:
             raise XnatError(f"{method} {safe_url(url)} failed: {exc}", None, url) from exc
 
+    def _pool_for(self, url: str) -> tuple[Any, bool]:
+        """The urllib3 connection pool requests would use for `url` (same TLS verification,
+        CA bundle, proxy and retry policy), and whether it wants the absolute URL (a plain HTTP
+        proxy) or only the path."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            found = self._pools.get(origin)
+            if found is None:
+                request = requests.Request("GET", url).prepare()
+                adapter = self._session.get_adapter(url)
+                proxies = self._session.proxies
+                pool = adapter.get_connection_with_tls_context(
+                    request, self._session.verify, proxies, self._session.cert)
+                found = (pool, adapter.request_url(request, proxies) != request.path_url)
+                self._pools[origin] = found
+        return found
+
+    def _cookies_for(self, url: str) -> str:
+        """The Cookie header for `url`; it changes only when a login sets a new session."""
+        with self._lock:
+            cached = self._cookie_header
+            if cached is None or cached[0] != self._generation:
+                value = get_cookie_header(self._session.cookies, requests.Request("GET", url)) or ""
+                cached = self._cookie_header = (self._generation, value)
+        return cached[1]
+
+    def _send_stream(self, url: str) -> requests.Response:
+        """GET `url` with the body left unread, through the session's own connection pool.
+
+        Why not Session.request: for a download of a few hundred KiB, its per-request cookie
+        jar merge and response cookie extraction cost about 1 ms CPU, as much as the transfer
+        itself (measured: 2,000 files of 256 KiB in 8 threads, 3.0-3.3 s through the session,
+        1.8 s like this). The answer is wrapped in a requests.Response so the rest of the
+        client treats it like any other.
+        """
+        pool, absolute = self._pool_for(url)
+        parts = urlsplit(url)
+        target = url if absolute else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "*/*"}
+        cookie = self._cookies_for(url)
+        if cookie:
+            headers["Cookie"] = cookie
+        connect, read = self.timeout
+        try:
+            raw = pool.urlopen("GET", target, headers=headers, redirect=False,
+                               assert_same_host=False, preload_content=False, decode_content=True,
+                               retries=self._session.get_adapter(url).max_retries,
+                               timeout=urllib3.Timeout(connect=connect, read=read))
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                raise ServerUnreachableError(
+                    f"TLS error for GET {safe_url(url)}: {reason.__class__.__name__}; check the "
+                    "certificate or REQUESTS_CA_BUNDLE", None, url) from exc
+            raise ServerUnreachableError(
+                f"cannot reach {safe_url(url)} ({reason.__class__.__name__}, retried); check the "
+                "server URL and the network, then try again", None, url) from exc
+        response = requests.Response()
+        response.raw = raw
+        response.status_code = raw.status
+        response.reason = raw.reason
+        response.headers = CaseInsensitiveDict(raw.headers)
+        response.url = url
+        return response
+
     def _request(self, method: str, rest_path: str, *, params: dict[str, str] | None = None,
                  stream: bool = False) -> requests.Response:
-        """Send with the shared session; on 401 renew the XNAT session once and retry."""
+        """Send with the shared session; on 401 renew the XNAT session once and retry.
+
+        `stream` (a GET whose body the caller reads) takes the lighter `_send_stream`."""
         if not self._logged_in:
             self.login()
         url = self._url(rest_path)
+        if stream and (method != "GET" or params):
+            raise ValueError("stream=True is for plain GETs of a file")
         for attempt in range(2):
             generation = self._generation
-            response = self._send(method, url, params=params, stream=stream)
+            response = (self._send_stream(url) if stream
+                        else self._send(method, url, params=params))
             if attempt == 1 or not self._session_refused(response, rest_path):
                 return response
             response.close()
@@ -813,6 +889,7 @@ class XnatClient:
         url = self._url(rest_path)
         response = self._request("GET", rest_path, stream=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
+        kept = False
         try:
             self._raise_for_status(response, "GET", url)
             content_type = response.headers.get("Content-Type", "")
@@ -858,13 +935,12 @@ class XnatClient:
                     "nothing was kept; try again or run `datalad xnat-update`",
                     response.status_code, url)
             os.replace(tmp, dest)
+            kept = True
             return received
         finally:
             response.close()
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+            if not kept:
+                tmp.unlink(missing_ok=True)
 
 
 def _is_html_name(path: str) -> bool:

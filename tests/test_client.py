@@ -139,6 +139,21 @@ def test_expired_session_is_renewed_once(xnat):
     assert 2 <= logins <= 6
 
 
+def test_downloads_carry_the_session_and_renew_it(xnat, tmp_path):
+    """Downloads take a lighter path than listings (no requests.Session per file); it must
+    still carry the session cookie (PUBLIC1 would answer a guest too) and renew it on 401."""
+    records = [r for r in public1_records(xnat) if r.md5][:8]
+    xnat.faults.expire_sessions_after = 3
+    xnat.counters.reset()
+    with client_for(xnat) as client:
+        for n, rec in enumerate(records):
+            path = rest_path(file_url(xnat.url, rec), xnat.url)
+            client.download(path, tmp_path / str(n), size=rec.size, md5=rec.md5)
+    routes = xnat.counters.snapshot()["by_route"]
+    assert 2 <= routes.get("POST /data/JSESSION", 0) <= len(records)
+    assert len(list(tmp_path.iterdir())) == len(records)
+
+
 def test_session_is_created_once_and_deleted_at_close(xnat):
     xnat.counters.reset()
     with client_for(xnat) as client:

@@ -150,9 +150,9 @@ class AnnexPlacer:
             self.download(item.url, tmp, size, md5)
             self._place(item.key, tmp)
         except Exception as exc:  # noqa: BLE001 - every failure is reported for its file
+            tmp.unlink(missing_ok=True)
             return Fetched(item, size, " ".join(str(exc).split()) or exc.__class__.__name__)
         finally:
-            tmp.unlink(missing_ok=True)
             with self._lock:
                 self._in_flight.discard(item.key)
         return Fetched(item, size)
