@@ -107,7 +107,8 @@ def failure(m: Measurement) -> str:
 
 
 def rss_extra(m: Measurement) -> dict:
-    return {"tree_maxrss_kib": m.tree_maxrss, "total_rss_peak_kib": m.total_rss_peak,
+    return {"tree_maxrss_kib": m.tree_maxrss, "rss_source": m.rss_source,
+            "total_rss_peak_kib": m.total_rss_peak,
             "by_kind": m.by_kind}
 
 

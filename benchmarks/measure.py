@@ -3,9 +3,13 @@
 `measure(cmd, ...)` runs a command and returns a Measurement:
 
 * wall: wall-clock seconds from start to exit;
-* tree_maxrss: from `os.wait4`, i.e. getrusage(RUSAGE_BOTH) of the child as the kernel folds its
-  waited-for descendants in: the peak RSS of the largest single process in the tree (the kernel
-  keeps a maximum, not a sum);
+* tree_maxrss: the peak RSS of the largest single process in the tree (the kernel keeps a
+  maximum over waited-for descendants, not a sum). Linux carries a process's high-water mark
+  across fork and exec, so a command started straight from this harness would report at least
+  the harness's own size (a 200 MB Python parent made `true` report 214 MB). So the command
+  runs under GNU time (`/usr/bin/time -f %M`), whose own children start from its few MB; where
+  GNU time is missing, `os.wait4` of the command is used and the figure is at least the
+  harness's RSS (Measurement.rss_source says which);
 * by_kind: a poller reads /proc every `poll` seconds (0.1), finds every descendant (by parent pid) and
   keeps each process's own high-water mark (`VmHWM`, itself a kernel-maintained peak, so sparse
   polling still sees a process's true peak as long as it is sampled once near its end). Processes are
@@ -18,8 +22,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ class Measurement:
     stdout_tail: str = ""
     stderr_tail: str = ""
     timed_out: bool = False
+    rss_source: str = "wait4"  # or "GNU time"
 
     @property
     def ok(self) -> bool:
@@ -167,18 +174,49 @@ class _Poller(threading.Thread):
         return out
 
 
+def _find_gnu_time() -> str | None:
+    path = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    if not path:
+        return None
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "GNU" in version.stdout + version.stderr else None
+
+
+GNU_TIME = _find_gnu_time()
+
+
+def _gnu_time_kib(path: str) -> int | None:
+    """The %M line GNU time wrote (after a "Command exited with ..." line on failure)."""
+    try:
+        lines = Path(path).read_text().split()
+        return int(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
 def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
             timeout: float | None = None, stdin_path: Path | None = None,
             poll: float | None = 0.1, log: Path | None = None) -> Measurement:
     """Run cmd, time it, and record its process tree's memory. Never raises for a failing cmd."""
     cmd = [str(c) for c in cmd]
+    rss_file = None
+    spawn = cmd
+    if GNU_TIME:
+        fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        spawn = [GNU_TIME, "-f", "%M", "-o", rss_file, "--"] + cmd
     out_fh = open(log, "w") if log else subprocess.DEVNULL
     stdin_fh = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     err_path = (log.with_suffix(log.suffix + ".err") if log else None)
     err_fh = open(err_path, "w") if err_path else subprocess.PIPE
     start = time.perf_counter()
     try:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin_fh, stdout=out_fh,
+        proc = subprocess.Popen(spawn, env=env, cwd=cwd, stdin=stdin_fh, stdout=out_fh,
                                 stderr=err_fh, start_new_session=True)
     except OSError as exc:
         return Measurement(cmd, 0.0, 127, stderr_tail=f"could not start: {exc}")
@@ -226,9 +264,14 @@ def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
         stdout_data = ""
     if stdin_path:
         stdin_fh.close()
+    tree_maxrss, rss_source = (rusage.ru_maxrss if rusage else 0), "wait4"
+    if rss_file:
+        from_time = _gnu_time_kib(rss_file)
+        if from_time is not None:
+            tree_maxrss, rss_source = from_time, "GNU time"
     return Measurement(
-        cmd=cmd, wall=wall, returncode=proc.returncode,
-        tree_maxrss=rusage.ru_maxrss if rusage else 0,
+        cmd=cmd, wall=wall, returncode=proc.returncode, rss_source=rss_source,
+        tree_maxrss=tree_maxrss,
         by_kind=poller.by_kind() if poller else {},
         total_rss_peak=poller.total_peak if poller else 0,
         stdout_tail=stdout_data[-2000:], stderr_tail=stderr_data[-2000:], timed_out=timed_out,

@@ -160,7 +160,10 @@ def render(meta: dict, sections: list[Section]) -> str:
              "Every figure is the median of the runs listed beside it unless the row says "
              "otherwise. All tools ran on this one machine in one run, against the XNAT emulator "
              "(`xnat_emulator`) started as a separate process on loopback, so its CPU and memory "
-             "are not counted with the tool's.", ""]
+             "are not counted with the tool's. Scratch of earlier repetitions is moved aside and "
+             "deleted only after the run: on this machine's journal-less ext4, files created "
+             "right after a large delete cost several times more (`benchmarks/common.py`, "
+             "`fresh_dir`).", ""]
     lines += [f"* run: `{meta.get('command', '')}` — started {meta.get('started', '')}, "
               f"took {fmt_seconds(meta.get('seconds'))}", ""]
     lines += ["## Machine and versions", ""]

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from . import emulator, ours, peer, results
-from .common import BENCH_DIR, OURS, PEER, WORK, prepare_home, tool_version
+from .common import BENCH_DIR, OURS, PEER, TRASH, WORK, empty_trash, prepare_home, tool_version
 from .context import Context, Sizes
 from .scenarios import ALL
 
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (WORK / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md")
     selected = list(args.only or ALL)
     WORK.mkdir(parents=True, exist_ok=True)
+    if TRASH.exists():  # an interrupted run left its scratch
+        print(f"removing {TRASH} from an earlier run (untimed)", file=sys.stderr)
+        empty_trash()
     home = prepare_home(WORK / "home")
 
     problem = emulator.available()
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["seconds"] = time.perf_counter() - t0
         results.save(output, meta, sections)  # after every scenario: a partial run leaves data
         ctx.log(f"wrote {output}")
+    ctx.log(f"removing the run's scratch in {TRASH} (untimed)")
+    empty_trash()
     return 0
 
 

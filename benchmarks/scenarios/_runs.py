@@ -191,15 +191,16 @@ def floor_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str
 
 
 def curl_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str,
-             jobs: int) -> RunResult:
+             jobs: int, annex_layout: bool = False) -> RunResult:
     res = RunResult()
     work = ctx.workdir(label)
-    cmd, dest = curlbase.prepare(work, emu.url, records, jobs)
+    cmd, dest = curlbase.prepare(work, emu.url, records, jobs, annex_layout=annex_layout)
     emu.reset()
     m = ctx.timed(label, cmd, OURS.env(ctx.home))
     _finish(res, m, emu)
     if not res.error:
-        problem = curlbase.check(dest, records)
+        problem = curlbase.check(dest, curlbase.unique_by_key(records) if annex_layout
+                                 else records)
         if problem:
             res.error = f"failed: {problem}"
     return res
