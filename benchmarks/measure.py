@@ -199,6 +199,20 @@ def _gnu_time_kib(path: str) -> int | None:
         Path(path).unlink(missing_ok=True)
 
 
+def _stop_under(root: int, grace: float = 10.0) -> None:
+    """SIGKILL every descendant of `root` (not root) until root exits or `grace` passes."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for pid in _descendants(root)[1:]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        if os.waitid(os.P_PID, root, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return  # exited, left for wait4 to reap
+        time.sleep(0.1)
+
+
 def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
             timeout: float | None = None, stdin_path: Path | None = None,
             poll: float | None = 0.1, log: Path | None = None) -> Measurement:
@@ -239,6 +253,8 @@ def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
             break
         if deadline and time.perf_counter() > deadline:
             timed_out = True
+            if rss_file:
+                _stop_under(proc.pid)  # GNU time lives on to report the peak it saw
             try:
                 os.killpg(proc.pid, 9)  # the process group we created for this command only
             except OSError:

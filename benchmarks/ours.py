@@ -31,11 +31,12 @@ def readiness(home: Path) -> str | None:
     return None
 
 
-def create_dataset(ds: Path, url: str, home: Path) -> None:
+def create_dataset(ds: Path, url: str, home: Path, pathfmt: str | None = None) -> None:
     env = OURS.env(home)
     run_checked(["datalad", "create", str(ds)], env)
     run_checked(["datalad", "-C", str(ds), "xnat-init", url, "-p", PROJECT,
-                 "--credential", CREDENTIAL], env, timeout=300)
+                 "--credential", CREDENTIAL] + (["--pathfmt", pathfmt] if pathfmt else []),
+                env, timeout=300)
 
 
 def update_cmd(ds: Path, reckless_fast: bool, jobs: int | None = None) -> list[str]:

@@ -30,9 +30,18 @@ class RunResult:
 
 
 def _count_files(ds: Path, env: dict) -> int:
-    out = run_checked(["git", "-C", str(ds), "ls-files", "--", ".", ":!.datalad",
-                       ":!.gitattributes", ":!**/.gitattributes", ":!**/.datalad"], env).stdout
-    return len(out.splitlines())
+    """Files tracked in ds and, recursively, its subdatasets (not configuration, not gitlinks)."""
+    out = run_checked(["git", "-C", str(ds), "ls-files", "-s", "--", ".", ":!.datalad",
+                       ":!.gitattributes", ":!**/.gitattributes", ":!**/.datalad",
+                       ":!.gitmodules"], env).stdout
+    count = 0
+    for line in out.splitlines():
+        mode, _, rest = line.partition(" ")
+        if mode == "160000":  # a subdataset
+            count += _count_files(ds / rest.split("\t", 1)[1], env)
+        else:
+            count += 1
+    return count
 
 
 def _count_missing_content(ds: Path, env: dict) -> int:
@@ -53,14 +62,15 @@ def _finish(res: RunResult, m: Measurement, emu: EmulatorProcess) -> RunResult:
 
 def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless_fast: bool,
                 ds: Path | None = None, check_content: bool = False,
-                timeout: float | None = None, jobs: int | None = None) -> RunResult:
+                timeout: float | None = None, jobs: int | None = None,
+                pathfmt: str | None = None) -> RunResult:
     """`datalad xnat-update [--reckless fast]` on a fresh dataset (or on ds, for a re-run)."""
     res = RunResult()
     env = OURS.env(ctx.home)
     try:
         if ds is None:
             ds = ctx.workdir(label, "ds")
-            ours.create_dataset(ds, emu.url, ctx.home)
+            ours.create_dataset(ds, emu.url, ctx.home, pathfmt)
         res.ds = ds
         emu.reset()
         m = ctx.timed(label, ours.update_cmd(ds, reckless_fast, jobs), env,
