@@ -125,7 +125,14 @@ def fresh_dir(path: Path) -> Path:
     """
     if path.exists():
         TRASH.mkdir(parents=True, exist_ok=True)
-        path.rename(TRASH / f"{len(list(TRASH.iterdir()))}-{path.name}")
+        place = TRASH / f"{len(list(TRASH.iterdir()))}-{path.name}"
+        if path == TRASH:  # an interrupted run's trash: aside, then inside the new one
+            aside = path.with_name(f"{path.name}.old")
+            path.rename(aside)
+            TRASH.mkdir()
+            aside.rename(TRASH / "0-earlier-run")
+        else:
+            path.rename(place)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -31,7 +31,7 @@ class Sizes:
     @classmethod
     def full(cls) -> "Sizes":
         return cls(register=[10_000, 100_000], register_file_size=1024,
-                   peer_sample=1_000, peer_full_max=1_000,
+                   peer_sample=1_000, peer_full_max=10_000,
                    download_files=5_000, download_file_size=256 * 1024, peer_download_sample=5_000,
                    memory=[10_000, 100_000, 1_000_000], memory_full_max=100_000, rerun=100_000)
 

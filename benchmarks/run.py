@@ -18,7 +18,8 @@ import traceback
 from pathlib import Path
 
 from . import emulator, ours, peer, results
-from .common import BENCH_DIR, OURS, PEER, TRASH, WORK, empty_trash, prepare_home, tool_version
+from .common import (BENCH_DIR, OURS, PEER, TRASH, WORK, empty_trash, fresh_dir,
+                     prepare_home, tool_version)
 from .context import Context, Sizes
 from .scenarios import ALL
 
@@ -84,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (WORK / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md")
     selected = list(args.only or ALL)
     WORK.mkdir(parents=True, exist_ok=True)
-    if TRASH.exists():  # an interrupted run left its scratch
-        print(f"removing {TRASH} from an earlier run (untimed)", file=sys.stderr)
-        empty_trash()
+    if TRASH.exists():  # an interrupted run left its scratch: into this run's trash with it
+        fresh_dir(TRASH)
     home = prepare_home(WORK / "home")
 
     problem = emulator.available()
