@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import tempfile
 import time
 from array import array
 from bisect import bisect_left
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .layout import path_hash
+from .spool import LineSpool
 
 GITLINK_MODE = "160000"
 SYMLINK_MODE = "120000"
@@ -673,22 +673,23 @@ class KeySpool:
     key, in the order of the keys' folders on git-annex's branch (hashdir_lower)."""
 
     def __init__(self) -> None:
-        self._file = tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="surrogateescape",
-                                                 prefix="xnat-keys-", delete=False)
-        self.count = 0
+        self._spool = LineSpool("xnat-keys-")
+
+    @property
+    def count(self) -> int:
+        return self._spool.count
 
     def add(self, key: str, url: str) -> None:
         # prefixed with the key's folder on git-annex's branch: sorted that way, each chunk
         # of _write_annex_branch touches a narrow range of the branch's folders
-        self._file.write(f"{hashdir_lower(key)}{key}\t{url}\n")
-        self.count += 1
+        self._spool.write(f"{hashdir_lower(key)}{key}\t{url}\n")
 
     def sorted_pairs(self) -> Iterator[tuple[str, str]]:
-        self._file.close()
+        self._spool.flush()
         env = dict(os.environ, LC_ALL="C")
         # -S: sort's own buffer, else it holds the whole spool in memory (250 MB at 1M files)
         proc = subprocess.Popen(["sort", "-S", "32M", "-t", "\t", "-k1,1", "-s",
-                                 self._file.name],
+                                 self._spool.path],
                                 stdout=subprocess.PIPE, env=env, text=True,
                                 encoding="utf-8", errors="surrogateescape")
         assert proc.stdout
@@ -698,8 +699,4 @@ class KeySpool:
         proc.wait()
 
     def close(self) -> None:
-        try:
-            self._file.close()
-            os.unlink(self._file.name)
-        except OSError:
-            pass
+        self._spool.close()

@@ -84,6 +84,7 @@ from .register import (
     register_keys,
     symlink_fingerprint,
 )
+from .spool import LineSpool
 
 lgr = logging.getLogger("datalad.xnat.update")
 ACTION = "xnat_update"
@@ -227,36 +228,30 @@ class DatasetState:
     exists: bool
     head: str | None = None
     tree: TrackedTree = field(default_factory=TrackedTree)
-    changes: "tempfile._TemporaryFileWrapper | None" = None
+    changes: LineSpool | None = None
     keys: KeySpool | None = None
     removals: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     created: bool = False
-    wanted: "tempfile._TemporaryFileWrapper | None" = None   # paths to fetch content for
+    wanted: LineSpool | None = None   # paths to fetch content for
     subdatasets_updated: int = 0
 
     def want_content(self, path: str, key: str, url: str) -> None:
         if self.wanted is None:
-            self.wanted = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
-                                                      errors="surrogateescape",
-                                                      prefix="xnat-wanted-")
+            self.wanted = LineSpool("xnat-wanted-")
         self.wanted.write(f"{path}\t{key}\t{url}\n")
 
     def iter_wanted(self) -> Iterator[Wanted]:
         if self.wanted is None:
             return
-        self.wanted.flush()
-        self.wanted.seek(0)
         for line in self.wanted:
             path, key, url = line.rstrip("\n").split("\t")
             yield Wanted(path, key, url)
 
     def spool_change(self, path: str, key: str, url: str, size: int) -> None:
         if self.changes is None:
-            self.changes = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
-                                                       errors="surrogateescape",
-                                                       prefix="xnat-changes-")
+            self.changes = LineSpool("xnat-changes-")
             self.keys = KeySpool()
         self.changes.write(f"{path}\t{key}\t{url}\t{size}\n")
         assert self.keys is not None
@@ -265,8 +260,6 @@ class DatasetState:
     def iter_changes(self) -> Iterator[Change]:
         if self.changes is None:
             return
-        self.changes.flush()
-        self.changes.seek(0)
         for line in self.changes:
             path, key, url, _ = line.rstrip("\n").split("\t")
             yield Change(path, key, url)
