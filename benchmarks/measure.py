@@ -129,9 +129,11 @@ class _Poller(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.stop = threading.Event()
-        self.hwm: dict[int, int] = {}  # pid -> last seen VmHWM
-        self.kinds: dict[int, str] = {}
-        self.names: dict[int, str] = {}
+        # keyed by (pid, command line): between fork and exec a child shows its parent's
+        # command line and memory (VmHWM included), so a program's own peak starts at its exec
+        self.hwm: dict[tuple, int] = {}  # -> last seen VmHWM
+        self.kinds: dict[tuple, str] = {}
+        self.names: dict[tuple, str] = {}
         self.sum_peak: dict[str, int] = {}
         self.total_peak = 0
 
@@ -143,13 +145,16 @@ class _Poller(threading.Thread):
             hwm = _status_kib(pid, "VmHWM:")
             if rss is None:
                 continue
-            if pid not in self.kinds or self.kinds[pid] == "other":
-                # a process may exec (shim -> binary): re-classify until it settles
-                self.kinds[pid] = _kind(pid)
-                self.names[pid] = _short_cmd(pid)
-            kind = self.kinds[pid]
+            try:
+                proc = (pid, Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                continue
+            if proc not in self.kinds:
+                self.kinds[proc] = _kind(pid)
+                self.names[proc] = _short_cmd(pid)
+            kind = self.kinds[proc]
             if hwm is not None:
-                self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
+                self.hwm[proc] = max(self.hwm.get(proc, 0), hwm)
             sums[kind] = sums.get(kind, 0) + rss
             total += rss
         for kind, value in sums.items():
@@ -163,11 +168,11 @@ class _Poller(threading.Thread):
 
     def by_kind(self) -> dict:
         out: dict[str, dict] = {}
-        for pid, hwm in self.hwm.items():
-            kind = self.kinds.get(pid, "other")
+        for proc, hwm in self.hwm.items():
+            kind = self.kinds.get(proc, "other")
             entry = out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})
             if hwm >= entry["max_proc"]:
-                entry["max_proc"], entry["max_cmd"] = hwm, self.names.get(pid, "")
+                entry["max_proc"], entry["max_cmd"] = hwm, self.names.get(proc, "")
             entry["n"] += 1
         for kind, value in self.sum_peak.items():
             out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})["sum_peak"] = value
