@@ -435,7 +435,7 @@ class XnatClient:
         origin = f"{parts.scheme}://{parts.netloc}"
         with self._lock:
             found = self._pools.get(origin)
-            if found is None:
+            if found is None or found[0].pool is None:  # pool.pool is None: closed (evicted)
                 request = requests.Request("GET", url).prepare()
                 adapter = self._session.get_adapter(url)
                 proxies = self._session.proxies
