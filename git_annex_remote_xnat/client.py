@@ -327,7 +327,7 @@ class XnatClient:
         self._logged_in = False
         self._resource_labels: dict[str, str] = {}
         self._comma_support: dict[str, bool] = {}  # "prefix*suffix" -> server takes "ID1,ID2"
-        self._pools: dict[str, tuple[Any, bool]] = {}  # scheme://host -> (pool, absolute target)
+        self._pools: dict[str, tuple[Any, bool, Retry]] = {}  # scheme://host -> _pool_for()
         self._cookie_header: tuple[int, str] | None = None  # (login generation, Cookie value)
         self._probe: tuple[str, list[str], list[dict[str, Any]] | None] | None = None
 
@@ -427,10 +427,10 @@ class XnatClient:
         except requests.RequestException as exc:
             raise XnatError(f"{method} {safe_url(url)} failed: {exc}", None, url) from exc
 
-    def _pool_for(self, url: str) -> tuple[Any, bool]:
+    def _pool_for(self, url: str) -> tuple[Any, bool, Retry]:
         """The urllib3 connection pool requests would use for `url` (same TLS verification,
-        CA bundle, proxy and retry policy), and whether it wants the absolute URL (a plain HTTP
-        proxy) or only the path."""
+        CA bundle and proxy), whether it wants the absolute URL (a plain HTTP proxy) or only
+        the path, and the adapter's retry policy."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         with self._lock:
@@ -441,7 +441,8 @@ class XnatClient:
                 proxies = self._session.proxies
                 pool = adapter.get_connection_with_tls_context(
                     request, self._session.verify, proxies, self._session.cert)
-                found = (pool, adapter.request_url(request, proxies) != request.path_url)
+                found = (pool, adapter.request_url(request, proxies) != request.path_url,
+                         adapter.max_retries)
                 self._pools[origin] = found
         return found
 
@@ -463,7 +464,7 @@ class XnatClient:
         1.8 s like this). The answer is wrapped in a requests.Response so the rest of the
         client treats it like any other.
         """
-        pool, absolute = self._pool_for(url)
+        pool, absolute, retries = self._pool_for(url)
         parts = urlsplit(url)
         target = url if absolute else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "*/*"}
@@ -474,7 +475,7 @@ class XnatClient:
         try:
             raw = pool.urlopen("GET", target, headers=headers, redirect=False,
                                assert_same_host=False, preload_content=False, decode_content=True,
-                               retries=self._session.get_adapter(url).max_retries,
+                               retries=retries,
                                timeout=urllib3.Timeout(connect=connect, read=read))
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
