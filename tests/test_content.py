@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import run
 from xnat_init.content import (
     AnnexPlacer,
+    BackgroundFetch,
     Wanted,
     direct_fetch_refusal,
     key_size_and_md5,
@@ -108,3 +109,50 @@ def test_placer_places_records_and_reports(tmp_path):
     # a second pass finds the content present and downloads nothing
     assert list(AnnexPlacer(repo, download, jobs=2).fetch_all(wanted[:1])) == []
     assert calls.count("good") == 1
+
+
+def test_background_fetch_records_only_when_told_and_can_discard(tmp_path):
+    """Downloads started early (xnat-update: while the registration commits) place content but
+    write nothing on git-annex's branch until record(); discard() leaves no trace."""
+    contents = {name: name.encode() * 3 for name in ("a.dcm", "b.dcm", "c.dcm")}
+    keys = {name: md5e_key(len(data), hashlib.md5(data).hexdigest(), name)
+            for name, data in contents.items()}
+    repos = {}
+    for tag in ("kept", "dropped"):
+        repo = make_repo(tmp_path / tag)
+        for name, key in keys.items():
+            os.symlink(os.path.relpath(object_path(repo, key), repo), repo / name)
+        run(["git", "add", "."], cwd=repo)
+        run(["git", "commit", "-q", "-m", "links"], cwd=repo)
+        repos[tag] = repo
+
+    def download(url: str, dest: Path, size: int, md5: str) -> None:
+        dest.write_bytes(contents[url])
+
+    def plan(repo):
+        wanted = [Wanted(name, key, name) for name, key in keys.items()]
+        return [("", AnnexPlacer(repo, download, jobs=2), iter(wanted))]
+
+    def here(repo):
+        """Files whose location log says "here" (`find --in here` would look at the objects)."""
+        found = run(["git", "annex", "whereis", "--json"], cwd=repo,
+                    check=False).stdout.splitlines()  # exit 1: some have 0 copies
+        return [record["file"] for record in map(json.loads, found)
+                if any(w.get("here") for w in record["whereis"])]
+
+    kept = BackgroundFetch(plan(repos["kept"]))
+    outcomes = [fetched for _, fetched in kept.outcomes()]
+    assert sorted(o.wanted.path for o in outcomes if o.error is None) == sorted(contents)
+    assert kept.covered == {""}
+    assert here(repos["kept"]) == []  # placed, not yet recorded
+    kept.record()
+    assert sorted(here(repos["kept"])) == sorted(contents)
+    run(["git", "annex", "fsck", "--quiet"], cwd=repos["kept"])
+
+    dropped = BackgroundFetch(plan(repos["dropped"]))
+    list(dropped.outcomes())
+    dropped.discard()
+    assert here(repos["dropped"]) == []
+    assert run(["git", "annex", "find", "--in", "here"], cwd=repos["dropped"]).stdout == ""
+    objects = repos["dropped"] / ".git" / "annex" / "objects"
+    assert not any(p.is_file() for p in objects.rglob("*"))

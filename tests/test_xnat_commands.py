@@ -330,6 +330,26 @@ def test_default_update_reports_bad_downloads_and_keeps_nothing(xnat, alice, ds)
     assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
 
 
+def test_default_update_keeps_no_content_when_registration_fails(xnat, alice, ds):
+    """Downloads start while the registration commits; when the commit fails, what they placed
+    is removed again: the dataset is left as it was."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-c", "MAT")
+    update(ds, "--reckless", "fast")
+    mat = "SUBJ01/SUBJ01_MR1/BOLD_1/bold xfm+run #1.mat"
+    xnat.change_file("bold xfm+run #1.mat", b"changed content", resource="MAT",
+                     session="XNAT_E00001", scan="BOLD_1")
+    (ds / mat).unlink()
+    (ds / mat).write_text("my local edit")  # the update would overwrite it: refused
+    before = state(ds)
+    records = results("xnat-update", "-J", "2", cwd=ds)
+    errors = [r for r in records if r["status"] == "error"]
+    assert errors and "local changes" in errors[0]["message"], records
+    assert state(ds) == before and (ds / mat).read_text() == "my local edit"
+    assert run(["git", "annex", "find", "--in", "here"], cwd=ds).stdout == ""
+    objects = ds / ".git" / "annex" / "objects"
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+
+
 def test_incremental_updates(xnat, alice, ds):
     init(ds, xnat.url, "-p", "PUBLIC1", "-c", "DICOM", "-c", "MAT")
     first = update(ds, "--reckless", "fast")

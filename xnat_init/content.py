@@ -22,6 +22,7 @@ get` instead (see update.py). Either way `git annex fsck` finds the same state.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import stat
@@ -113,10 +114,13 @@ class AnnexPlacer:
         self._lock = threading.Lock()
         self.placed: list[str] = []
 
-    def fetch_all(self, wanted: Iterable[Wanted]) -> Iterator[Fetched]:
+    def fetch_all(self, wanted: Iterable[Wanted], *, record: bool = True,
+                  stop: threading.Event | None = None) -> Iterator[Fetched]:
         """Fetch every wanted key not yet present, `jobs` at a time; yields one result per
-        download (keys already present, or wanted twice, are skipped silently). The location log
-        is written at the end, also when the caller stops early or an error escapes."""
+        download (keys already present, or wanted twice, are skipped silently). Once `stop` is
+        set, no further download starts. With `record`, the location log is written at the
+        end, also when the caller stops early or an error escapes; without it, the caller
+        calls record() (or discard())."""
         tmp_root = self.repo / ".git" / "annex" / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=tmp_root))
@@ -124,6 +128,8 @@ class AnnexPlacer:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
                 running: set[Future] = set()
                 for item in wanted:
+                    if stop is not None and stop.is_set():
+                        break
                     if object_path(self.repo, item.key).exists():
                         continue
                     with self._lock:
@@ -138,7 +144,8 @@ class AnnexPlacer:
                     yield future.result()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            self.record()
+            if record:
+                self.record()
 
     def _fetch_one(self, item: Wanted, scratch: Path) -> Fetched:
         expected = key_size_and_md5(item.key)
@@ -168,6 +175,20 @@ class AnnexPlacer:
         with self._lock:
             self.placed.append(key)
 
+    def discard(self) -> None:
+        """Remove the content placed since the last record() (for a run whose registration
+        failed: the dataset is left as it was)."""
+        with self._lock:
+            keys, self.placed = self.placed, []
+        for key in keys:
+            final = object_path(self.repo, key)
+            os.chmod(final.parent, final.parent.stat().st_mode | stat.S_IWUSR)
+            final.unlink(missing_ok=True)
+            try:
+                final.parent.rmdir()
+            except OSError:
+                pass
+
     def record(self) -> None:
         """Write "present here" for the keys placed so far (idempotent per key)."""
         with self._lock:
@@ -179,3 +200,67 @@ class AnnexPlacer:
         except RegistrationError as exc:
             raise RegistrationError(f"{exc}; the content is in place, `git annex fsck` in "
                                     f"{self.repo} records it") from exc
+
+
+class BackgroundFetch:
+    """AnnexPlacer.fetch_all for one dataset after another, in a thread of its own, so that
+    downloads run while the caller does other work (xnat-update: while it commits the
+    registration, which is mostly git's work). Nothing is recorded on git-annex's branch until
+    the caller says so (record), since the caller may be writing that branch meanwhile."""
+
+    def __init__(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Wanted]]],
+                 max_pending: int = 10_000) -> None:
+        """`plan` yields (tag, placer, wanted) and is consumed by the thread, so that the
+        checks it makes per dataset run there too."""
+        self.placers: list[AnnexPlacer] = []
+        self.covered: set[str] = set()     # tags whose wanted keys were all handled
+        self._stop = threading.Event()
+        # bounded: downloads pause when the caller has not collected this many results
+        self._outcomes: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._run, args=(plan,), daemon=True,
+                                        name="xnat-fetch")
+        self._thread.start()
+
+    def _run(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Wanted]]]) -> None:
+        try:
+            for tag, placer, wanted in plan:
+                if self._stop.is_set():
+                    break
+                self.placers.append(placer)
+                for outcome in placer.fetch_all(wanted, record=False, stop=self._stop):
+                    self._outcomes.put((tag, outcome))
+                if not self._stop.is_set():
+                    self.covered.add(tag)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by outcomes()
+            self._outcomes.put(exc)
+        finally:
+            self._outcomes.put(None)
+
+    def outcomes(self) -> Iterator[tuple[str, Fetched]]:
+        """(tag, result) for every download as it finishes, until all are done; an error of
+        the fetch itself is raised."""
+        while (item := self._outcomes.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Start no further download and wait for those under way."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._outcomes.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def record(self) -> None:
+        """Write "present here" for everything placed (call after outcomes() is exhausted)."""
+        for placer in self.placers:
+            placer.record()
+
+    def discard(self) -> None:
+        """Stop, and remove the content placed (the caller's own work failed)."""
+        self.stop()
+        for placer in self.placers:
+            placer.discard()

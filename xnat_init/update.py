@@ -18,7 +18,9 @@ How an update runs, and why:
    dataset gets exactly one commit per update, whose message summarises it;
 8. unless `--reckless fast`, fetch the registered files' content, N at a time: downloaded,
    verified and placed into the annex directly where git-annex would do the same (content.py),
-   else with `git annex get -J N` through the special remote.
+   else with `git annex get -J N` through the special remote. Downloads into datasets that
+   exist already start with step 7 and run beside it (the commit is mostly git's work); their
+   content is recorded after the commit, or removed again if the commit fails.
 
 An interrupted update leaves every dataset at its last complete commit; run it again.
 """
@@ -60,7 +62,7 @@ from .config import (
     provider_path,
     read_config,
 )
-from .content import AnnexPlacer, Wanted, direct_fetch_refusal
+from .content import AnnexPlacer, BackgroundFetch, Wanted, direct_fetch_refusal
 from .init import ensure_special_remote, remote_uuid
 from .layout import (
     CollisionTracker,
@@ -406,13 +408,18 @@ class Updater:
                     status="ok" if self.options.remove_gone else "notneeded",
                     message="removed: gone from the server" if self.options.remove_gone else
                     "gone from the server (kept; --remove-gone removes it)")
+        early = None if self.options.fast else self.start_fetch()
         try:
             committed = self.commit()
-        except RegistrationError as exc:
+        except BaseException as exc:
+            if early is not None:
+                early.discard()
+            if not isinstance(exc, RegistrationError):
+                raise
             yield self.result("error", f"registration failed, datasets not updated: {exc}")
             return
         if not self.options.fast:
-            yield from self.fetch()
+            yield from self.fetch(early)
         total = self.counts
         # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
         # summary is what users look for ("commits": 0 says nothing changed).
@@ -799,54 +806,85 @@ class Updater:
 
     # ------------------------------------------------------------------ content
 
-    def fetch(self) -> Iterator[dict]:
+    def start_fetch(self) -> BackgroundFetch:
+        """Start downloading into the datasets that exist already, while commit() registers:
+        the downloads are Python's and the network's work, the commit mostly git's. Content
+        placed this way is recorded after the commit (fetch), or removed if it fails."""
+        ready = [(relpath, state) for relpath, state in self.states.items()
+                 if state.wanted is not None and state.exists]
+        for _, state in ready:
+            state.wanted.flush()  # the thread only reads
+
+        def plan() -> Iterator[tuple[str, AnnexPlacer, Iterator[Wanted]]]:
+            for relpath, state in ready:
+                if direct_fetch_refusal(state.path) is None:
+                    yield relpath, self._placer(state), state.iter_wanted()
+
+        return BackgroundFetch(plan())
+
+    def fetch(self, early: BackgroundFetch | None = None) -> Iterator[dict]:
         """Fetch the content of every wanted file, per dataset: placed directly into the annex
-        (content.py) where git-annex would place it the same way, else `git annex get -J N`."""
+        (content.py) where git-annex would place it the same way, else `git annex get -J N`.
+        `early` holds the downloads started before the commit; the rest start now."""
         jobs = self.options.jobs or 4
         total = sum(1 for s in self.states.values() for _ in s.iter_wanted())
         if not total:
+            if early is not None:
+                early.stop()
             return
         pid = f"xnat-update-get-{id(self)}"
         log_progress(lgr.info, pid, "Downloading %d files", total, label="Downloading",
                      total=total, unit=" files")
         done = 0
-        try:
-            for state in self.states.values():
-                if state.wanted is None or not state.exists:
+
+        def outcomes() -> Iterator[tuple[DatasetState, str, int, str | None]]:
+            if early is not None:
+                try:
+                    for relpath, fetched in early.outcomes():
+                        yield self.states[relpath], fetched.wanted.path, fetched.size, \
+                            fetched.error
+                finally:
+                    early.stop()
+                    early.record()
+            for relpath, state in self.states.items():
+                if state.wanted is None or not state.exists or \
+                        early is not None and relpath in early.covered:
                     continue
                 refusal = direct_fetch_refusal(state.path)
                 if refusal is None:
-                    outcomes = self._fetch_direct(state, jobs)
+                    for fetched in self._placer(state).fetch_all(state.iter_wanted()):
+                        yield state, fetched.wanted.path, fetched.size, fetched.error
                 else:
                     lgr.debug("fetching with git annex get in %s: %s", state.path, refusal)
-                    outcomes = self._fetch_with_annex(state, jobs)
-                for path, size, error in outcomes:
-                    done += 1
-                    log_progress(lgr.info, pid, "Downloaded %d", done, update=done,
-                                 noninteractive_level=5)
-                    if error is None:
-                        self.counts.fetched += 1
-                        self.counts.bytes_fetched += size
-                        continue
-                    self.counts.failed += 1
-                    yield get_status_dict(action=ACTION, path=str(state.path / path),
-                                          type="file", status="error", logger=lgr,
-                                          message="download failed: " + one_line(error))
+                    for path, size, error in self._fetch_with_annex(state, jobs):
+                        yield state, path, size, error
+
+        try:
+            for state, path, size, error in outcomes():
+                done += 1
+                log_progress(lgr.info, pid, "Downloaded %d", done, update=done,
+                             noninteractive_level=5)
+                if error is None:
+                    self.counts.fetched += 1
+                    self.counts.bytes_fetched += size
+                    continue
+                self.counts.failed += 1
+                yield get_status_dict(action=ACTION, path=str(state.path / path),
+                                      type="file", status="error", logger=lgr,
+                                      message="download failed: " + one_line(error))
         except RegistrationError as exc:
             self.counts.failed += 1
             yield self.result("error", str(exc))
         finally:
             log_progress(lgr.info, pid, "Downloaded %d files", done)
 
-    def _fetch_direct(self, state: DatasetState, jobs: int) -> Iterator[tuple[str, int, str | None]]:
+    def _placer(self, state: DatasetState) -> AnnexPlacer:
         from git_annex_remote_xnat.urls import rest_path
 
         def download(url: str, dest: Path, size: int, md5: str) -> None:
             self.client.download(rest_path(url, self.config.url), dest, size=size, md5=md5)
 
-        placer = AnnexPlacer(state.path, download, jobs)
-        for outcome in placer.fetch_all(state.iter_wanted()):
-            yield outcome.wanted.path, outcome.size, outcome.error
+        return AnnexPlacer(state.path, download, self.options.jobs or 4)
 
     def _fetch_with_annex(self, state: DatasetState,
                           jobs: int) -> Iterator[tuple[str, int, str | None]]:
