@@ -233,6 +233,8 @@ def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
     stdin_fh = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     err_path = (log.with_suffix(log.suffix + ".err") if log else None)
     err_fh = open(err_path, "w") if err_path else subprocess.PIPE
+    # written data of the previous (untimed or timed) step goes to disk now, not during this one
+    os.sync()
     start = time.perf_counter()
     try:
         proc = subprocess.Popen(spawn, env=env, cwd=cwd, stdin=stdin_fh, stdout=out_fh,

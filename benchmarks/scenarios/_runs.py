@@ -13,10 +13,11 @@ from pathlib import Path
 
 from .. import curlbase, floor, ours, peer
 from ..common import OURS, PEER, BenchError, run_checked
-from ..context import Context, failure
+from ..context import Context, failure, rss_extra
 from ..emulator import EmulatorProcess
 from ..listing import Rec
 from ..measure import Measurement
+from ..results import Figure
 
 
 @dataclass
@@ -27,6 +28,20 @@ class RunResult:
     error: str = ""
     ds: Path | None = None
     info: dict = field(default_factory=dict)
+
+
+def add_run(fig: Figure, res: RunResult) -> bool:
+    """Put one timed run on its figure: the time, the peak memory and the request counters, or
+    the error (False)."""
+    if res.error:
+        fig.error = res.error
+        return False
+    fig.runs.append(res.wall)
+    if res.measurement is not None:
+        fig.extra.setdefault("rss", []).append(rss_extra(res.measurement))
+    if res.counters is not None:
+        fig.extra["counters"] = res.counters
+    return True
 
 
 def _count_files(ds: Path, env: dict) -> int:

@@ -6,6 +6,7 @@
 * ours: `datalad get -J8 .` after an untimed `xnat-update --reckless fast` (reps);
 * datalad-xnat 0.2.1: its default `xnat-update` (addurls with download), once at
   `peer_download_sample` files, extrapolated linearly when that is fewer than all.
+Repetitions take turns (one of each tool, then the next), so drift reaches every tool alike.
 Targets: ours within 2× of curl; datalad-xnat / ours ≥ 3.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from ..context import Context, rss_extra
+from ..context import Context
 from ..emulator import EmulatorProcess
 from ..results import Figure, Section, now, ratio
 from . import _runs
@@ -27,24 +28,10 @@ def run(ctx: Context, selected: set) -> Section:
     with EmulatorProcess(n, size) as emu:
         records = ctx.records(emu, n, size)
         f_curl = sec.add(Figure(case, f"curl --parallel-max {jobs}", "time", "s"))
-        for i in range(ctx.reps):
-            res = _runs.curl_run(ctx, emu, records, f"download-curl-{i}", jobs)
-            if res.error:
-                f_curl.error = res.error
-                break
-            f_curl.runs.append(res.wall)
         f_curl_annex = sec.add(Figure(
             case, f"curl --parallel-max {jobs} into git-annex's object layout", "time", "s",
             note="outputs at .git/annex/objects/<hash>/<hash>/<key>/<key> (--create-dirs): the "
                  "files and folders any tool must create to give a dataset the content"))
-        for i in range(ctx.reps):
-            res = _runs.curl_run(ctx, emu, records, f"download-curl-annex-{i}", jobs,
-                                 annex_layout=True)
-            if res.error:
-                f_curl_annex.error = res.error
-                break
-            f_curl_annex.runs.append(res.wall)
-
         f_upd = sec.add(Figure(case, f"ours: xnat-update -J{jobs} (default mode: register + fetch)",
                                "time", "s"))
         f_get = sec.add(Figure(case, f"ours: datalad get -J{jobs} . (after --reckless fast)",
@@ -54,33 +41,35 @@ def run(ctx: Context, selected: set) -> Section:
                                  note="no network, no remote of ours: git-annex's own cost per key"))
         if ctx.ours_reason:
             f_upd.error = f_get.error = f_floor.error = f"not run: {ctx.ours_reason}"
-        else:
-            for i in range(ctx.reps):
-                res = _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
-                                        reckless_fast=False, check_content=True, jobs=jobs)
-                if res.error:
-                    f_upd.error = res.error
-                    break
-                f_upd.runs.append(res.wall)
-                f_upd.extra.setdefault("rss", []).append(rss_extra(res.measurement))
-                f_upd.extra["counters"] = res.counters
-                ctx.workdir(f"download-ours-update-{i}")
-            for i in range(ctx.reps):
-                res = _runs.ours_get(ctx, emu, n, f"download-ours-get-{i}", jobs)
-                if res.error:
-                    f_get.error = res.error
-                    break
-                f_get.runs.append(res.wall)
-                f_get.extra.setdefault("rss", []).append(rss_extra(res.measurement))
-                f_get.extra["counters"] = res.counters
-                if i == 0:
-                    for k in range(ctx.reps):
-                        fl = _runs.annex_directory_floor(ctx, res.ds, f"download-floor-{k}", jobs)
-                        if fl.error:
-                            f_floor.error = fl.error
-                            break
-                        f_floor.runs.append(fl.wall)
-                ctx.workdir(f"download-ours-get-{i}")
+
+        def curl(fig: Figure, label: str, annex_layout: bool) -> None:
+            _runs.add_run(fig, _runs.curl_run(ctx, emu, records, label, jobs,
+                                              annex_layout=annex_layout))
+
+        def ours_update(i: int) -> None:
+            _runs.add_run(f_upd, _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
+                                                   reckless_fast=False, check_content=True,
+                                                   jobs=jobs))
+            ctx.workdir(f"download-ours-update-{i}")
+
+        def ours_get(i: int) -> None:
+            res = _runs.ours_get(ctx, emu, n, f"download-ours-get-{i}", jobs)
+            if _runs.add_run(f_get, res) and not f_floor.error:
+                _runs.add_run(f_floor, _runs.annex_directory_floor(ctx, res.ds,
+                                                                   f"download-floor-{i}", jobs))
+            ctx.workdir(f"download-ours-get-{i}")
+
+        # one repetition of every tool after another, so that the machine's drift (page cache
+        # filling up with each 1.25 GiB written) reaches them all alike
+        for i in range(ctx.reps):
+            if not f_curl.error:
+                curl(f_curl, f"download-curl-{i}", annex_layout=False)
+            if not f_curl_annex.error:
+                curl(f_curl_annex, f"download-curl-annex-{i}", annex_layout=True)
+            if not f_upd.error:
+                ours_update(i)
+            if not f_get.error:
+                ours_get(i)
 
         f_peer = sec.add(Figure(case, "datalad-xnat 0.2.1: xnat-update (default)", "time", "s"))
         sample = min(ctx.sizes.peer_download_sample, n)

@@ -76,12 +76,8 @@ def run(ctx: Context, selected: set) -> Section:
                 f_ours.error = f"not run: {ctx.ours_reason}"
             for i in range(reps if not ctx.ours_reason else 0):
                 res = _runs.ours_update(ctx, emu, n, f"register-ours-{n}-{i}", reckless_fast=True)
-                if res.error:
-                    f_ours.error = res.error
+                if not _runs.add_run(f_ours, res):
                     break
-                f_ours.runs.append(res.wall)
-                f_ours.extra.setdefault("rss", []).append(rss_extra(res.measurement))
-                f_ours.extra["counters"] = res.counters
                 ctx.shared.setdefault("requests", {}).setdefault(n, {})["ours"] = res.counters
                 ctx.shared.setdefault("rss", {})[n] = f_ours
                 last = res

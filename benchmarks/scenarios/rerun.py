@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ..context import Context, rss_extra
+from ..context import Context
 from ..emulator import EmulatorProcess
 from ..results import Figure, Ratio, Section, now
 from . import _runs
@@ -29,12 +29,8 @@ def measure_reruns(ctx: Context, emu: EmulatorProcess, n: int, first) -> Figure:
         return fig
     for i in range(ctx.reps):
         res = _runs.ours_update(ctx, emu, n, f"rerun-{n}-{i}", reckless_fast=True, ds=first.ds)
-        if res.error:
-            fig.error = res.error
+        if not _runs.add_run(fig, res):
             break
-        fig.runs.append(res.wall)
-        fig.extra.setdefault("rss", []).append(rss_extra(res.measurement))
-        fig.extra["counters"] = res.counters
     if fig.runs and fig.extra.get("counters"):
         fig.note = f"{fig.extra['counters'].get('total', '?')} requests per update"
     return fig
