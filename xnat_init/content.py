@@ -121,21 +121,15 @@ class AnnexPlacer:
         set, no further download starts. With `record`, the location log is written at the
         end, also when the caller stops early or an error escapes; without it, the caller
         calls record() (or discard())."""
-        tmp_root = self.repo / ".git" / "annex" / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=tmp_root))
+        scratch = self._scratch()
         try:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
                 running: set[Future] = set()
                 for item in wanted:
                     if stop is not None and stop.is_set():
                         break
-                    if object_path(self.repo, item.key).exists():
+                    if not self._claim(item):
                         continue
-                    with self._lock:
-                        if item.key in self._in_flight:
-                            continue
-                        self._in_flight.add(item.key)
                     running.add(pool.submit(self._fetch_one, item, scratch))
                     if len(running) >= self.jobs * 4:
                         done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -146,6 +140,40 @@ class AnnexPlacer:
             shutil.rmtree(scratch, ignore_errors=True)
             if record:
                 self.record()
+
+    def fetch_each(self, wanted: Iterable[Wanted],
+                   report: Callable[[Wanted, Fetched | None], None]) -> None:
+        """Like fetch_all, for a caller whose input may wait: `report` is called from the
+        download threads as each download ends (Fetched), and at once for a key that is
+        present already or wanted twice (None). Returns when all are done; records nothing."""
+        scratch = self._scratch()
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                for item in wanted:
+                    if not self._claim(item):
+                        report(item, None)
+                        continue
+                    future = pool.submit(self._fetch_one, item, scratch)
+                    future.add_done_callback(lambda done, item=item: report(item, done.result()))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _scratch(self) -> Path:
+        """A private folder in .git/annex/tmp (same file system as the objects: moves are
+        renames)."""
+        tmp_root = self.repo / ".git" / "annex" / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=tmp_root))
+
+    def _claim(self, item: Wanted) -> bool:
+        """Whether `item` is to be downloaded: not present yet and not under way already."""
+        if object_path(self.repo, item.key).exists():
+            return False
+        with self._lock:
+            if item.key in self._in_flight:
+                return False
+            self._in_flight.add(item.key)
+        return True
 
     def _fetch_one(self, item: Wanted, scratch: Path) -> Fetched:
         expected = key_size_and_md5(item.key)

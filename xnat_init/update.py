@@ -63,6 +63,7 @@ from .config import (
     read_config,
 )
 from .content import AnnexPlacer, BackgroundFetch, Wanted, direct_fetch_refusal
+from .fetchproc import ProcessPlacer, helper_processes
 from .init import ensure_special_remote, remote_uuid
 from .layout import (
     CollisionTracker,
@@ -296,6 +297,7 @@ class Updater:
         self.failures: list[str] = []
         self.refused: list[str] = []
         self.refused_count = 0
+        self.fetch_processes: str | None = None   # datalad.xnat.fetch-processes
         self.conflicts: list[str] = []
         self.digestless: list[tuple[RenderedPath, str, object]] = []
         self._scope_sessions: set[str] | None = None
@@ -351,6 +353,12 @@ class Updater:
             current_branch(self.top)
         except RegistrationError as exc:
             yield self.result("impossible", str(exc))
+            return
+        self.fetch_processes = self.ds.config.get("datalad.xnat.fetch-processes")
+        try:
+            helper_processes(1, 0, self.fetch_processes)
+        except ValueError as exc:
+            yield self.result("error", str(exc))
             return
         resolved = resolve_credential(self.options.credential, self.config.url, str(self.top),
                                       may_prompt=False)
@@ -878,13 +886,22 @@ class Updater:
         finally:
             log_progress(lgr.info, pid, "Downloaded %d files", done)
 
-    def _placer(self, state: DatasetState) -> AnnexPlacer:
+    def _placer(self, state: DatasetState) -> AnnexPlacer | ProcessPlacer:
+        """Downloads into one dataset: in helper processes when there are many (fetchproc.py),
+        else in threads of this process."""
         from git_annex_remote_xnat.urls import rest_path
+
+        jobs = self.options.jobs or 4
+        count = state.wanted.count if state.wanted is not None else 0
+        processes = helper_processes(jobs, count, self.fetch_processes)
+        if processes > 1:
+            return ProcessPlacer(state.path, self.config.url, self.client.credential, processes,
+                                 threads=-(-jobs // processes))
 
         def download(url: str, dest: Path, size: int, md5: str) -> None:
             self.client.download(rest_path(url, self.config.url), dest, size=size, md5=md5)
 
-        return AnnexPlacer(state.path, download, self.options.jobs or 4)
+        return AnnexPlacer(state.path, download, jobs)
 
     def _fetch_with_annex(self, state: DatasetState,
                           jobs: int) -> Iterator[tuple[str, int, str | None]]:
