@@ -154,6 +154,34 @@ def test_annex_branch_written_in_chunks(tmp_path, monkeypatch):
     assert missing == ""
 
 
+def test_few_known_keys_then_many_new_ones_do_not_deadlock(tmp_path, monkeypatch):
+    """A chunk that starts with keys in folders the branch has (their logs are read) and goes on
+    with more new keys than are read ahead (no logs to read) finishes. Before the fix the
+    reader waited for an answer whose question sat unsent in a buffer while the feeder waited
+    for room: 100,000 files hung at the start of the second chunk."""
+    import threading
+
+    import xnat_init.register as register
+
+    monkeypatch.setattr(register, "PENDING_KEYS", 3)
+    repo, uuid = make_repo(tmp_path)
+    names = sorted((f"f{i}.dcm" for i in range(400)),
+                   key=lambda name: hashdir_lower(key_for(name, name.encode())))
+    first = names[0]
+    folder = hashdir_lower(key_for(first, first.encode())).split("/")[0]
+    later = [n for n in names[1:] if hashdir_lower(key_for(n, n.encode())).split("/")[0] != folder]
+    register_files(repo, uuid, {first: first.encode()})
+    files = {name: name.encode() for name in [first] + later[:40]}
+    done: list[list[Change]] = []
+    worker = threading.Thread(target=lambda: done.append(register_files(repo, uuid, files)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)  # a deadlock detector, not a time limit: it takes well under 1 s
+    assert done, "registration hung"
+    assert set(key_urls(repo, [c.key for c in done[0]])) == {c.key for c in done[0]}
+    assert run(["git", "annex", "find", "--not", "--in", "xnat"], cwd=repo).stdout == ""
+
+
 def test_tree_built_in_steps_is_one_commit(tmp_path, monkeypatch):
     """A tree written in several fast-import steps still lands as one commit on HEAD, with the
     removals, and nothing changed gives no commit."""

@@ -405,6 +405,8 @@ def _grouped_by_key(pairs_sorted: Iterable[tuple[str, str]]) -> Iterator[tuple[s
 
 
 ANNEX_CHUNK_KEYS = 50_000
+# keys read ahead of the fast-import writer (bounds memory)
+PENDING_KEYS = 20_000
 
 
 def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
@@ -455,7 +457,7 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
     out.write(f"committer {who}\n".encode())
     out.write(b"data %d\n%s\n" % (len(message), message))
     out.write(b"from refs/heads/git-annex^0\n")
-    pending: queue.Queue = queue.Queue(maxsize=20000)
+    pending: queue.Queue = queue.Queue(maxsize=PENDING_KEYS)
     feed_error: list[BaseException] = []
     branch = AnnexBranchLookup(repo)
 
@@ -473,6 +475,10 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
                     if urls:
                         wanted += f"{branch.spec(base + '.log.web')}\n"
                     catfile.stdin.write(wanted.encode("utf-8", "surrogateescape"))
+                    # at once: the reader may wait for this answer while keys that need no
+                    # question fill `pending` and stop this thread (a deadlock, seen at a
+                    # chunk's start: a few keys in folders that exist, then none)
+                    catfile.stdin.flush()
             catfile.stdin.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             feed_error.append(exc)
