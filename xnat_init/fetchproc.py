@@ -93,7 +93,11 @@ class ProcessPlacer:
         }
         # record and discard are AnnexPlacer's, on the keys the helpers placed
         self._recorder = AnnexPlacer(repo, lambda *args: None, 1)
-        self.placed = self._recorder.placed
+
+    @property
+    def placed(self) -> list[str]:
+        """Keys placed and not yet recorded (the recorder's list: record() replaces it)."""
+        return self._recorder.placed
 
     def record(self) -> None:
         self._recorder.record()
