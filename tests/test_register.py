@@ -202,3 +202,22 @@ def test_tree_built_in_steps_is_one_commit(tmp_path, monkeypatch):
     assert not (repo / "s0/f0.dcm").exists() and (repo / "s1/f1.dcm").is_symlink()
     assert commit_tree_changes(repo, changes[1:5], [], {}, "same") is None
     assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
+
+
+def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path):
+    """Ctrl-C during the step that moves the branch and then the work tree takes effect after
+    it: the git commands in it are not stopped, and KeyboardInterrupt comes at its end."""
+    import os
+    import signal
+
+    from xnat_init.register import git, interrupts_deferred
+
+    repo, _ = make_repo(tmp_path)
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends to this process
+            steps.append(git(repo, "rev-parse", "HEAD", shielded=True).returncode)
+            steps.append("after")
+    assert steps == [0, "after"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

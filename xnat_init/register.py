@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
+import threading
 import time
 from array import array
 from bisect import bisect_left
+from contextlib import contextmanager
 from itertools import chain, islice
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,13 +109,37 @@ def key_from_target(target: str) -> str | None:
 
 
 def git(repo: Path, *args: str, input: str | bytes | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
+        check: bool = True, shielded: bool = False) -> subprocess.CompletedProcess:
+    """`shielded`: in a session of its own, so Ctrl-C in the terminal does not stop it midway
+    (see interrupts_deferred)."""
     proc = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True,
-                          text=not isinstance(input, bytes))
+                          text=not isinstance(input, bytes), start_new_session=shielded)
     if check and proc.returncode != 0:
         err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
         raise RegistrationError(f"git {' '.join(args[:3])} failed in {repo}: {err.strip()}")
     return proc
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits until the block is done, then interrupts as usual.
+
+    For steps that must not stop halfway: once the branch has moved, the index and work tree
+    must follow (an update interrupted between the two left every file staged as deleted). Git
+    commands in the block run `shielded`, since the terminal sends SIGINT to them too. Signal
+    handlers belong to the main thread; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _fi_path(path: str) -> bytes:
@@ -443,7 +470,6 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
     this thread reads the answers in order), so no request waits for the previous answer.
     """
     import queue
-    import threading
 
     who = ident(repo, "COMMITTER")
     proc = subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--done"],
@@ -566,7 +592,6 @@ def _register_urls_batch(repo: Path, pairs: Iterable[tuple[str, str]], remote_na
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdin
-    import threading
 
     failures: list[str] = []
 
@@ -629,14 +654,14 @@ def commit_tree_changes(repo: Path, changes: Iterable[Change], removals: Iterabl
         return None
     new = git(repo, "commit-tree", tree, *(["-p", head] if head else []),
               input=message).stdout.strip()
-    git(repo, "update-ref", "-m", "xnat-update", ref, new, head or "0" * 40)
-    if head:
-        move = git(repo, "read-tree", "-m", "-u", head, new, check=False)
-    else:
-        move = git(repo, "read-tree", "-m", "-u", new, check=False)
+    with interrupts_deferred():
+        git(repo, "update-ref", "-m", "xnat-update", ref, new, head or "0" * 40, shielded=True)
+        move = git(repo, "read-tree", "-m", "-u", *([head] if head else []), new, check=False,
+                   shielded=True)
+        if move.returncode != 0:
+            git(repo, "update-ref", "-m", "xnat-update: undo", ref, head or "0" * 40, new,
+                check=False, shielded=True)
     if move.returncode != 0:
-        git(repo, "update-ref", "-m", "xnat-update: undo", ref, head or "0" * 40, new,
-            check=False)
         raise RegistrationError(f"cannot update the work tree of {repo}: {move.stderr.strip()}; "
                                 "commit or discard local changes and run again")
     return new
