@@ -835,7 +835,7 @@ class Updater:
         (content.py) where git-annex would place it the same way, else `git annex get -J N`.
         `early` holds the downloads started before the commit; the rest start now."""
         jobs = self.options.jobs or 4
-        total = sum(1 for s in self.states.values() for _ in s.iter_wanted())
+        total = sum(s.wanted.count for s in self.states.values() if s.wanted is not None)
         if not total:
             if early is not None:
                 early.stop()
