@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from xnat_init.content import (
     AnnexPlacer,
     BackgroundFetch,
     Wanted,
+    WantedStream,
     direct_fetch_refusal,
     key_size_and_md5,
     object_path,
@@ -156,3 +158,51 @@ def test_background_fetch_records_only_when_told_and_can_discard(tmp_path):
     assert run(["git", "annex", "find", "--in", "here"], cwd=repos["dropped"]).stdout == ""
     objects = repos["dropped"] / ".git" / "annex" / "objects"
     assert not any(p.is_file() for p in objects.rglob("*"))
+
+
+def test_wanted_stream_hands_over_then_reads_the_spool_past_its_limit():
+    """The listing hands wanted files over as it finds them; past the stream's limit the
+    downloads read the rest from the spool (same files, same order), each file once."""
+    wanted = [Wanted(f"f{n}", f"K{n}", f"u{n}") for n in range(7)]
+    stream = WantedStream(limit=3)
+    counted: list[int] = []
+    waiter = threading.Thread(target=lambda: counted.append(stream.wait_for(5)))
+    waiter.start()
+    for item in wanted[:4]:
+        stream.put(item)
+    waiter.join(0.2)
+    assert waiter.is_alive()  # 3 handed over (the limit), 5 asked for: still waiting
+    for item in wanted[4:]:
+        stream.put(item)
+    stream.close(later=["next"])
+    waiter.join(5)
+    assert counted == [5]  # 7 in all: at least the 5 asked for
+    assert list(stream.items(lambda: iter(wanted))) == wanted
+    assert stream.later() == ["next"]
+
+    small = WantedStream()
+    small.put(wanted[0])
+    small.close()
+    assert small.wait_for(500) == 1
+    assert list(small.items(lambda: iter(wanted))) == wanted[:1]
+
+
+def test_wanted_stream_cancel_releases_every_waiter():
+    """A run that stops before its listing is done (error, Ctrl-C) must not leave the download
+    thread waiting for input that never comes."""
+    stream = WantedStream()
+    stream.put(Wanted("f", "K", "u"))
+    got: list = []
+
+    def consume():
+        got.append(stream.wait_for(500))
+        got.append(list(stream.items(lambda: iter([]))))
+        got.append(stream.later())
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    consumer.join(0.2)
+    assert consumer.is_alive()
+    stream.cancel()
+    consumer.join(5)
+    assert not consumer.is_alive() and got == [0, [], []]

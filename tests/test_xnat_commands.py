@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -380,6 +382,69 @@ def test_default_update_keeps_no_content_when_registration_fails(xnat, alice, ds
     assert run(["git", "annex", "find", "--in", "here"], cwd=ds).stdout == ""
     objects = ds / ".git" / "annex" / "objects"
     assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+
+
+def file_gets(xnat) -> int:
+    """File downloads the emulator answered so far (routes ending in a file path)."""
+    return sum(n for route, n in xnat.counters.snapshot()["by_route"].items()
+               if route.endswith("/{path}"))
+
+
+def listings(xnat) -> int:
+    """Listing requests the emulator answered so far (GETs that are not file downloads)."""
+    return sum(n for route, n in xnat.counters.snapshot()["by_route"].items()
+               if route.startswith("GET ") and not route.endswith("/{path}"))
+
+
+def test_default_update_downloads_while_the_listing_runs(xnat, alice, ds):
+    """Wanted files go to the downloads as the listing finds them: with slow answers, files
+    are downloaded before the listing's last request is answered."""
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    run(["git", "config", "datalad.xnat.fetch-processes", "1"], cwd=ds)
+    xnat.faults.delay = 0.2
+    xnat.counters.reset()
+    seen: list[tuple[int, int]] = []   # (listings answered, file downloads answered)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append((listings(xnat), file_gets(xnat)))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = update(ds, "-J", "1")
+    finally:
+        done.set()
+        watcher.join()
+    assert summary["status"] == "ok" and summary["failed"] == 0 and summary["fetched"] > 0
+    listed_before_first_download = next(listed for listed, gets in seen if gets)
+    assert listed_before_first_download < listings(xnat), seen
+    assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
+    run(["git", "annex", "fsck", "--fast", "--quiet"], cwd=ds)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_default_update_keeps_no_content_when_the_listing_finds_a_problem(xnat, alice, ds,
+                                                                          processes):
+    """Downloads start while the listing runs; a problem found at its end (two files for one
+    path) stops the run, and what they placed is removed again."""
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    run(["git", "config", "datalad.xnat.fetch-processes", processes], cwd=ds)
+    xnat.add_file("same.dcm", b"a", resource="DICOM", session="XNAT_E00001", scan="2")
+    xnat.add_file("same.dcm", b"b", resource="OTHER", session="XNAT_E00001", scan="2")
+    xnat.faults.delay = 0.2
+    xnat.counters.reset()
+    before = state(ds)
+    records = results("xnat-update", "-J", "1", cwd=ds)
+    errors = [r for r in records if r["status"] == "error"]
+    assert errors and any("same.dcm" in r["message"] for r in errors), records
+    assert file_gets(xnat) > 0  # downloads had started
+    assert state(ds) == before
+    assert run(["git", "annex", "find", "--in", "here"], cwd=ds).stdout == ""
+    annex = ds / ".git" / "annex"
+    assert not any(p.is_file() for folder in ("objects", "tmp") for p in (annex / folder).rglob("*"))
 
 
 def test_incremental_updates(xnat, alice, ds):

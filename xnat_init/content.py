@@ -230,6 +230,91 @@ class AnnexPlacer:
                                     f"{self.repo} records it") from exc
 
 
+class WantedStream:
+    """Wanted files handed from xnat-update's enumeration to the downloads as they are found,
+    so that downloading starts while the listing still runs.
+
+    Only the first `limit` are held here (memory stays flat for any project size); the rest
+    are read back from the caller's spool, which holds every wanted file in the same order,
+    once the enumeration is done (`close`)."""
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._limit = limit
+        self._sent = 0
+        self._overflowed = False
+        self._enough_for = 0
+        self._enough = threading.Event()
+        self._closed = threading.Event()
+        self._cancelled = threading.Event()
+        self._later: list = []
+
+    def put(self, item: Wanted) -> None:
+        """Hand over one wanted file (the enumerating thread only)."""
+        if self._sent >= self._limit:
+            self._overflowed = True
+            return
+        self._queue.put(item)
+        self._sent += 1
+        if self._enough_for and self._sent >= self._enough_for:
+            self._enough.set()
+
+    def close(self, later: list | None = None) -> None:
+        """The enumeration is done; the spool is complete and flushed. `later` is handed to
+        whoever waits in later() (the datasets to fetch into after this one)."""
+        self._later = later or []
+        self._queue.put(None)
+        self._closed.set()
+        self._enough.set()
+
+    def cancel(self) -> None:
+        """Stop handing out: whoever waits here returns (the run failed or was interrupted)."""
+        self._cancelled.set()
+        self._enough.set()
+
+    def wait_for(self, count: int) -> int:
+        """Wait until `count` files were handed over or the enumeration is done; returns
+        `count`, or the total when it is smaller (to choose how to download them)."""
+        self._enough_for = count
+        if self._sent >= count:
+            self._enough.set()
+        self._enough.wait()
+        if self._cancelled.is_set():
+            return 0
+        if self._closed.is_set() and not self._overflowed:
+            return min(count, self._sent)
+        return count
+
+    def items(self, spooled: Callable[[], Iterable[Wanted]]) -> Iterator[Wanted]:
+        """Every wanted file: those handed over, then (past the limit) the rest of
+        `spooled()`, which starts with the same files in the same order."""
+        taken = 0
+        while not self._cancelled.is_set():
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            taken += 1
+            yield item
+        else:
+            return
+        if self._overflowed:
+            for number, item in enumerate(spooled()):
+                if self._cancelled.is_set():
+                    return
+                if number >= taken:
+                    yield item
+
+    def later(self) -> list:
+        """What close() was given, once it was called ([] when cancelled first)."""
+        while not self._closed.wait(timeout=0.1):
+            if self._cancelled.is_set():
+                return []
+        return self._later
+
+
 class BackgroundFetch:
     """AnnexPlacer.fetch_all for one dataset after another, in a thread of its own, so that
     downloads run while the caller does other work (xnat-update: while it commits the
@@ -237,9 +322,11 @@ class BackgroundFetch:
     the caller says so (record), since the caller may be writing that branch meanwhile."""
 
     def __init__(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Wanted]]],
-                 max_pending: int = 10_000) -> None:
+                 max_pending: int = 10_000, on_stop: Callable[[], None] | None = None) -> None:
         """`plan` yields (tag, placer, wanted) and is consumed by the thread, so that the
-        checks it makes per dataset run there too."""
+        checks it makes per dataset run there too. `on_stop` is called by stop(): it must make
+        a `wanted` that waits for input (WantedStream) end."""
+        self._on_stop = on_stop
         self.placers: list[AnnexPlacer] = []
         self.covered: set[str] = set()     # tags whose wanted keys were all handled
         self._stop = threading.Event()
@@ -275,6 +362,8 @@ class BackgroundFetch:
     def stop(self) -> None:
         """Start no further download and wait for those under way."""
         self._stop.set()
+        if self._on_stop is not None:
+            self._on_stop()
         while self._thread.is_alive():
             try:
                 self._outcomes.get(timeout=0.1)

@@ -62,8 +62,14 @@ from .config import (
     provider_path,
     read_config,
 )
-from .content import AnnexPlacer, BackgroundFetch, Wanted, direct_fetch_refusal
-from .fetchproc import ProcessPlacer, helper_processes
+from .content import (
+    AnnexPlacer,
+    BackgroundFetch,
+    Wanted,
+    WantedStream,
+    direct_fetch_refusal,
+)
+from .fetchproc import MIN_FILES_FOR_PROCESSES, ProcessPlacer, helper_processes
 from .init import ensure_special_remote, remote_uuid
 from .layout import (
     CollisionTracker,
@@ -302,6 +308,7 @@ class Updater:
         self.digestless: list[tuple[RenderedPath, str, object]] = []
         self._scope_sessions: set[str] | None = None
         self._scope_subjects: set[str] | None = None
+        self._stream: WantedStream | None = None   # default mode: to the downloads
 
     # ------------------------------------------------------------------ helpers
 
@@ -395,29 +402,37 @@ class Updater:
             yield self.result("error", one_line(exc))
             return
         self.state_for("")
-        try:
-            self.enumerate()
-            self.hash_digestless()
-            self.find_gone()
-        except UpdateAborted as exc:
-            for message in exc.messages:
-                yield self.result("error", message)
-            return
-        except XnatError as exc:
-            yield self.result("error", one_line(exc))
-            return
-        for message in self.failures:
-            yield self.result("error", message)
-        for state in self.states.values():
-            for path in state.gone:
-                full = state.path / path
-                yield get_status_dict(
-                    action=ACTION, path=str(full), type="file", logger=lgr,
-                    status="ok" if self.options.remove_gone else "notneeded",
-                    message="removed: gone from the server" if self.options.remove_gone else
-                    "gone from the server (kept; --remove-gone removes it)")
+        # default mode: downloads start with the listing, and are removed again if the run
+        # stops before its registration is committed (the dataset is left as it was)
         early = None if self.options.fast else self.start_fetch()
         try:
+            problems = []
+            try:
+                self.enumerate()
+                self.hash_digestless()
+                self.find_gone()
+            except UpdateAborted as exc:
+                problems = exc.messages
+            except XnatError as exc:
+                problems = [one_line(exc)]
+            if problems:
+                if early is not None:
+                    early.discard()
+                for message in problems:
+                    yield self.result("error", message)
+                return
+            if early is not None:
+                self.end_stream()
+            for message in self.failures:
+                yield self.result("error", message)
+            for state in self.states.values():
+                for path in state.gone:
+                    full = state.path / path
+                    yield get_status_dict(
+                        action=ACTION, path=str(full), type="file", logger=lgr,
+                        status="ok" if self.options.remove_gone else "notneeded",
+                        message="removed: gone from the server" if self.options.remove_gone
+                        else "gone from the server (kept; --remove-gone removes it)")
             committed = self.commit()
         except BaseException as exc:
             if early is not None:
@@ -631,6 +646,8 @@ class Updater:
         """Remember a file whose content the default mode (not --reckless fast) fetches."""
         if not self.options.fast:
             state.want_content(path, key, url)
+            if self._stream is not None and not state.relpath:
+                self._stream.put(Wanted(path, key, url))
 
     # ------------------------------------------------------------------ gone files
 
@@ -815,20 +832,39 @@ class Updater:
     # ------------------------------------------------------------------ content
 
     def start_fetch(self) -> BackgroundFetch:
-        """Start downloading into the datasets that exist already, while commit() registers:
-        the downloads are Python's and the network's work, the commit mostly git's. Content
-        placed this way is recorded after the commit (fetch), or removed if it fails."""
-        ready = [(relpath, state) for relpath, state in self.states.items()
-                 if state.wanted is not None and state.exists]
-        for _, state in ready:
-            state.wanted.flush()  # the thread only reads
+        """Start downloading before the listing is done: the top dataset's wanted files as
+        they are found (a flat layout has all of them there), then those of the other
+        datasets that exist already (end_stream). Downloads are Python's and the network's
+        work, listing and committing mostly the server's and git's. Content placed this way
+        is recorded after the commit (fetch), or removed if the run stops before (discard)."""
+        stream = self._stream = WantedStream()
+        top = self.states[""]
 
-        def plan() -> Iterator[tuple[str, AnnexPlacer, Iterator[Wanted]]]:
-            for relpath, state in ready:
+        def plan() -> Iterator[tuple[str, AnnexPlacer | ProcessPlacer, Iterator[Wanted]]]:
+            if direct_fetch_refusal(top.path) is None:
+                # enough files to choose between threads and helper processes (a setting
+                # makes that choice: then the first file is enough)
+                count = stream.wait_for(
+                    MIN_FILES_FOR_PROCESSES if self.fetch_processes is None else 1)
+                if count:
+                    yield "", self._placer(top, count), stream.items(top.iter_wanted)
+            for relpath, state in stream.later():
                 if direct_fetch_refusal(state.path) is None:
-                    yield relpath, self._placer(state), state.iter_wanted()
+                    yield relpath, self._placer(state, state.wanted.count), state.iter_wanted()
 
-        return BackgroundFetch(plan())
+        return BackgroundFetch(plan(), on_stop=stream.cancel)
+
+    def end_stream(self) -> None:
+        """The listing is done: hand the downloads what they read next (the spools are
+        complete; flushed here, since the download thread only reads them)."""
+        assert self._stream is not None
+        later = []
+        for relpath, state in self.states.items():
+            if state.wanted is not None:
+                state.wanted.flush()
+                if relpath and state.exists:
+                    later.append((relpath, state))
+        self._stream.close(later)
 
     def fetch(self, early: BackgroundFetch | None = None) -> Iterator[dict]:
         """Fetch the content of every wanted file, per dataset: placed directly into the annex
@@ -860,7 +896,8 @@ class Updater:
                     continue
                 refusal = direct_fetch_refusal(state.path)
                 if refusal is None:
-                    for fetched in self._placer(state).fetch_all(state.iter_wanted()):
+                    placer = self._placer(state, state.wanted.count)
+                    for fetched in placer.fetch_all(state.iter_wanted()):
                         yield state, fetched.wanted.path, fetched.size, fetched.error
                 else:
                     lgr.debug("fetching with git annex get in %s: %s", state.path, refusal)
@@ -886,13 +923,12 @@ class Updater:
         finally:
             log_progress(lgr.info, pid, "Downloaded %d files", done)
 
-    def _placer(self, state: DatasetState) -> AnnexPlacer | ProcessPlacer:
-        """Downloads into one dataset: in helper processes when there are many (fetchproc.py),
-        else in threads of this process."""
+    def _placer(self, state: DatasetState, count: int) -> AnnexPlacer | ProcessPlacer:
+        """Downloads of `count` (or more) files into one dataset: in helper processes when
+        there are many (fetchproc.py), else in threads of this process."""
         from git_annex_remote_xnat.urls import rest_path
 
         jobs = self.options.jobs or 4
-        count = state.wanted.count if state.wanted is not None else 0
         processes = helper_processes(jobs, count, self.fetch_processes)
         if processes > 1:
             return ProcessPlacer(state.path, self.config.url, self.client.credential, processes,
