@@ -44,6 +44,9 @@ class Measurement:
     stderr_tail: str = ""
     timed_out: bool = False
     rss_source: str = "wait4"  # or "GNU time"
+    # CPU seconds (user + system) of the command and every descendant reaped by the time it
+    # ended (wait4 counts a child's reaped children into its own usage)
+    cpu: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -294,6 +297,7 @@ def measure(cmd: list, env: dict | None = None, cwd: Path | None = None,
             tree_maxrss, rss_source = from_time, "GNU time"
     return Measurement(
         cmd=cmd, wall=wall, returncode=proc.returncode, rss_source=rss_source,
+        cpu=(rusage.ru_utime + rusage.ru_stime) if rusage else 0.0,
         tree_maxrss=tree_maxrss,
         by_kind=poller.by_kind() if poller else {},
         total_rss_peak=poller.total_peak if poller else 0,

@@ -31,14 +31,15 @@ class RunResult:
 
 
 def add_run(fig: Figure, res: RunResult) -> bool:
-    """Put one timed run on its figure: the time, the peak memory and the request counters, or
-    the error (False)."""
+    """Put one timed run on its figure: the time, the peak memory, the CPU time and the request
+    counters, or the error (False)."""
     if res.error:
         fig.error = res.error
         return False
     fig.runs.append(res.wall)
     if res.measurement is not None:
         fig.extra.setdefault("rss", []).append(rss_extra(res.measurement))
+        fig.extra.setdefault("cpu", []).append(round(res.measurement.cpu, 2))
     if res.counters is not None:
         fig.extra["counters"] = res.counters
     return True

@@ -12,7 +12,9 @@ Targets: ours within 2× of curl; datalad-xnat / ours ≥ 3.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from ..context import Context
 from ..emulator import EmulatorProcess
@@ -43,13 +45,17 @@ def run(ctx: Context, selected: set) -> Section:
             f_upd.error = f_get.error = f_floor.error = f"not run: {ctx.ours_reason}"
 
         def curl(fig: Figure, label: str, annex_layout: bool) -> None:
-            _runs.add_run(fig, _runs.curl_run(ctx, emu, records, label, jobs,
-                                              annex_layout=annex_layout))
+            before = _server_cpu(emu)
+            if _runs.add_run(fig, _runs.curl_run(ctx, emu, records, label, jobs,
+                                                 annex_layout=annex_layout)):
+                _add_server_cpu(fig, before, emu)
 
         def ours_update(i: int) -> None:
-            _runs.add_run(f_upd, _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
-                                                   reckless_fast=False, check_content=True,
-                                                   jobs=jobs))
+            before = _server_cpu(emu)
+            if _runs.add_run(f_upd, _runs.ours_update(ctx, emu, n, f"download-ours-update-{i}",
+                                                      reckless_fast=False, check_content=True,
+                                                      jobs=jobs)):
+                _add_server_cpu(f_upd, before, emu)
             ctx.workdir(f"download-ours-update-{i}")
 
         def ours_get(i: int) -> None:
@@ -95,6 +101,25 @@ def run(ctx: Context, selected: set) -> Section:
             f_peer.extra["counters"] = res.counters
         ctx.workdir(f"download-peer-{sample}")
 
+    # CPU time shows what bounds a tool on this machine: its processes share the cores with
+    # each other and with the server
+    cpu_figs: dict[int, Figure] = {}   # by id() of the time figure
+    for fig in (f_curl, f_curl_annex, f_upd, f_get, f_floor):
+        if fig.extra.get("cpu") and not fig.error:
+            cpu_figs[id(fig)] = sec.add(Figure(case, fig.tool, "CPU time (user + system)", "s",
+                                           runs=list(fig.extra["cpu"]),
+                                           note="all its processes; the same runs as its time"))
+            if fig.extra.get("server_cpu"):
+                sec.add(Figure(case, f"the emulator (server) while {fig.tool} ran",
+                               "CPU time (user + system)", "s",
+                               runs=list(fig.extra["server_cpu"])))
+    if id(f_upd) in cpu_figs and id(f_curl) in cpu_figs:
+        cpu_ratio = ratio(case, "ours xnat-update / curl, CPU time", cpu_figs[id(f_upd)],
+                          cpu_figs[id(f_curl)], "none (information)", lambda v: True,
+                          note=f"on {os.cpu_count()} cores shared with the server, CPU time "
+                               "bounds the wall time")
+        cpu_ratio.met = None
+        sec.ratios.append(cpu_ratio)
     for fig, short in ((f_upd, "ours xnat-update"), (f_get, f"ours get -J{jobs}")):
         sec.ratios.append(ratio(case, f"{short} / curl", fig, f_curl, "≤ 2×", lambda v: v <= 2))
         sec.ratios.append(ratio(case, f"datalad-xnat / {short}", f_peer, fig, "≥ 3×",
@@ -131,3 +156,18 @@ def run(ctx: Context, selected: set) -> Section:
     ]
     sec.seconds = time.perf_counter() - t0
     return sec
+
+
+def _server_cpu(emu: EmulatorProcess) -> float | None:
+    """CPU seconds the emulator's process has used so far (None where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{emu.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _add_server_cpu(fig: Figure, before: float | None, emu: EmulatorProcess) -> None:
+    after = _server_cpu(emu)
+    if before is not None and after is not None:
+        fig.extra.setdefault("server_cpu", []).append(round(after - before, 2))
