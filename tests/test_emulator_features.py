@@ -95,6 +95,14 @@ def test_delay_drop_digests_and_login_page(xnat):
     requests.get(xnat.url + "/data/projects", auth=ALICE)
     assert time.monotonic() - t >= 0.3
     xnat.faults.clear()
+    xnat.faults.listing_delay = 0.3
+    t = time.monotonic()
+    listing = files(xnat, f"{E1}/scans/ALL/files?format=json")
+    assert time.monotonic() - t >= 0.3
+    t = time.monotonic()
+    requests.get(xnat.url + listing[0]["URI"], auth=ALICE).raise_for_status()
+    assert time.monotonic() - t < 0.3  # a file download is not a listing
+    xnat.faults.clear()
     xnat.faults.drop_digests = True
     assert {r["digest"] for r in files(xnat, f"{E1}/scans/ALL/files?format=json")} == {""}
     xnat.faults.clear()

@@ -397,11 +397,11 @@ def listings(xnat) -> int:
 
 
 def test_default_update_downloads_while_the_listing_runs(xnat, alice, ds):
-    """Wanted files go to the downloads as the listing finds them: with slow answers, files
+    """Wanted files go to the downloads as the listing finds them: with slow listings, files
     are downloaded before the listing's last request is answered."""
     init(ds, xnat.url, "-p", "PUBLIC1")
     run(["git", "config", "datalad.xnat.fetch-processes", "1"], cwd=ds)
-    xnat.faults.delay = 0.2
+    xnat.faults.listing_delay = 0.2
     xnat.counters.reset()
     seen: list[tuple[int, int]] = []   # (listings answered, file downloads answered)
     done = threading.Event()
@@ -434,7 +434,7 @@ def test_default_update_keeps_no_content_when_the_listing_finds_a_problem(xnat, 
     run(["git", "config", "datalad.xnat.fetch-processes", processes], cwd=ds)
     xnat.add_file("same.dcm", b"a", resource="DICOM", session="XNAT_E00001", scan="2")
     xnat.add_file("same.dcm", b"b", resource="OTHER", session="XNAT_E00001", scan="2")
-    xnat.faults.delay = 0.2
+    xnat.faults.listing_delay = 0.2
     xnat.counters.reset()
     before = state(ds)
     records = results("xnat-update", "-J", "1", cwd=ds)

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--corrupt-downloads", type=float, default=0.0,
                    help="probability (1 = every download)")
     f.add_argument("--delay", type=float, default=0.0, help="seconds added per response")
+    f.add_argument("--listing-delay", type=float, default=0.0,
+                   help="seconds added per response that is not a file download")
     f.add_argument("--download-rate", type=int, default=0,
                    help="bytes per second for file bodies (0 = unlimited)")
     f.add_argument("--expire-sessions-after", type=int, default=0,
@@ -69,6 +71,7 @@ def main(argv=None) -> int:
                    fail_every_nth_download=args.fail_every_nth_download,
                    truncate_downloads=args.truncate_downloads,
                    corrupt_downloads=args.corrupt_downloads, delay=args.delay,
+                   listing_delay=args.listing_delay,
                    download_rate=args.download_rate,
                    expire_sessions_after=args.expire_sessions_after,
                    drop_digests=args.drop_digests)

@@ -10,6 +10,8 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
   half the body, then close the connection. A float is the probability per download.
 * `corrupt_downloads` (bool or float 0..1): file GETs send the right length but wrong bytes.
 * `delay` (float seconds): added before every response.
+* `listing_delay` (float seconds): added before every response except single-file downloads
+  (a server whose listings are slow: catalogs read per request).
 * `download_rate` (bytes per second, 0 = unlimited): file bodies are sent at this rate (a slow
   body, for timeouts and progress reporting).
 * `expire_sessions_after` (int, 0 = off): a JSESSION dies after that many requests made with it.
@@ -30,6 +32,7 @@ DEFAULTS = {
     "truncate_downloads": False,
     "corrupt_downloads": False,
     "delay": 0.0,
+    "listing_delay": 0.0,
     "download_rate": 0,
     "expire_sessions_after": 0,
     "drop_digests": False,

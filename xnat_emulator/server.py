@@ -1553,6 +1553,8 @@ class Handler(BaseHTTPRequestHandler):
                                     or "%s:%s" % self.server.server_address[:2])
         try:
             delay = float(app.faults.delay or 0)
+            if not template.endswith("{path}"):
+                delay += float(app.faults.listing_delay or 0)
             if delay > 0:
                 time.sleep(delay)
             err = app.faults.random_error()
