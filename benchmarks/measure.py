@@ -132,17 +132,21 @@ class _Poller(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.stop = threading.Event()
-        # keyed by (pid, command line): between fork and exec a child shows its parent's
-        # command line and memory (VmHWM included), so a program's own peak starts at its exec
-        self.hwm: dict[tuple, int] = {}  # -> last seen VmHWM
-        self.kinds: dict[tuple, str] = {}
-        self.names: dict[tuple, str] = {}
+        # Processes alive at the last sample, keyed by (pid, command line): between fork and exec
+        # a child shows its parent's command line and memory (VmHWM included), so a program's own
+        # peak starts at its exec. Only live processes are kept: a command that starts one
+        # program per file (datalad-xnat: 100,000 `git annex metadata`) must not make the
+        # poller's own memory and time grow with the run.
+        self.live: dict[tuple, tuple[str, str]] = {}  # -> (kind, short command)
+        self.max_proc: dict[str, tuple[int, str]] = {}  # kind -> (largest VmHWM, its command)
+        self.count: dict[str, int] = {}  # kind -> processes seen
         self.sum_peak: dict[str, int] = {}
         self.total_peak = 0
 
     def sample(self) -> None:
         sums: dict[str, int] = {}
         total = 0
+        seen: dict[tuple, tuple[str, str]] = {}
         for pid in _descendants(self.root):
             rss = _status_kib(pid, "VmRSS:")
             hwm = _status_kib(pid, "VmHWM:")
@@ -152,14 +156,17 @@ class _Poller(threading.Thread):
                 proc = (pid, Path(f"/proc/{pid}/cmdline").read_bytes())
             except OSError:
                 continue
-            if proc not in self.kinds:
-                self.kinds[proc] = _kind(pid)
-                self.names[proc] = _short_cmd(pid)
-            kind = self.kinds[proc]
-            if hwm is not None:
-                self.hwm[proc] = max(self.hwm.get(proc, 0), hwm)
+            known = self.live.get(proc)
+            if known is None:
+                known = (_kind(pid), _short_cmd(pid))
+                self.count[known[0]] = self.count.get(known[0], 0) + 1
+            seen[proc] = known
+            kind, name = known
+            if hwm is not None and hwm >= self.max_proc.get(kind, (0, ""))[0]:
+                self.max_proc[kind] = (hwm, name)
             sums[kind] = sums.get(kind, 0) + rss
             total += rss
+        self.live = seen
         for kind, value in sums.items():
             self.sum_peak[kind] = max(self.sum_peak.get(kind, 0), value)
         self.total_peak = max(self.total_peak, total)
@@ -170,15 +177,15 @@ class _Poller(threading.Thread):
             self.stop.wait(self.interval)
 
     def by_kind(self) -> dict:
+        kinds = set(self.count) | set(self.sum_peak)
         out: dict[str, dict] = {}
-        for proc, hwm in self.hwm.items():
-            kind = self.kinds.get(proc, "other")
-            entry = out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})
-            if hwm >= entry["max_proc"]:
-                entry["max_proc"], entry["max_cmd"] = hwm, self.names.get(proc, "")
-            entry["n"] += 1
-        for kind, value in self.sum_peak.items():
-            out.setdefault(kind, {"max_proc": 0, "sum_peak": 0, "n": 0})["sum_peak"] = value
+        for kind in kinds:
+            hwm, name = self.max_proc.get(kind, (0, ""))
+            entry = {"max_proc": hwm, "sum_peak": self.sum_peak.get(kind, 0),
+                     "n": self.count.get(kind, 0)}
+            if kind in self.max_proc:
+                entry["max_cmd"] = name
+            out[kind] = entry
         return out
 
 
