@@ -204,7 +204,18 @@ def test_tree_built_in_steps_is_one_commit(tmp_path, monkeypatch):
     assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
 
 
-def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path):
+@pytest.fixture
+def sigint_disposition():
+    """Sets SIGINT's handler for a test and restores it after: a test run started in the
+    background (`make test &`) inherits SIGINT ignored."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, before)
+
+
+def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path, sigint_disposition):
     """Ctrl-C during the step that moves the branch and then the work tree takes effect after
     it: the git commands in it are not stopped, and KeyboardInterrupt comes at its end."""
     import os
@@ -212,6 +223,7 @@ def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path):
 
     from xnat_init.register import git, interrupts_deferred
 
+    sigint_disposition(signal.default_int_handler)  # Python's own: Ctrl-C raises KeyboardInterrupt
     repo, _ = make_repo(tmp_path)
     steps = []
     with pytest.raises(KeyboardInterrupt):
@@ -221,3 +233,21 @@ def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path):
             steps.append("after")
     assert steps == [0, "after"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interrupt_deferred_stays_ignored_where_sigint_was_ignored(sigint_disposition):
+    """A process that ignores SIGINT (started with nohup or `&`) is not interrupted by the
+    deferral: the SIGINT it received in the block is dropped, as it would have been."""
+    import os
+    import signal
+
+    from xnat_init.register import interrupts_deferred
+
+    sigint_disposition(signal.SIG_IGN)
+    steps = []
+    with interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("in block")
+    steps.append("after")
+    assert steps == ["in block", "after"]
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN

@@ -126,8 +126,10 @@ def interrupts_deferred() -> Iterator[None]:
 
     For steps that must not stop halfway: once the branch has moved, the index and work tree
     must follow (an update interrupted between the two left every file staged as deleted). Git
-    commands in the block run `shielded`, since the terminal sends SIGINT to them too. Signal
-    handlers belong to the main thread; elsewhere the block runs unprotected.
+    commands in the block run `shielded`, since the terminal sends SIGINT to them too. A SIGINT
+    received in the block is sent again after it, under the handler that was there before: a
+    KeyboardInterrupt as usual, nothing where SIGINT was ignored (a command started with `&`
+    or nohup). Signal handlers belong to the main thread; elsewhere the block runs unprotected.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -139,7 +141,7 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
     if received:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
 
 
 def _fi_path(path: str) -> bytes:
