@@ -121,8 +121,9 @@ def run(ctx: Context, selected: set) -> Section:
         "precomputed from one untimed listing.",
         f"datalad-xnat runs once per size, and only up to {ctx.sizes.peer_full_max:,} files; "
         "larger sizes are extrapolated linearly from its measured per-file cost (its cost per file "
-        "does not fall with size: `addurl --fast` per file, each checked with one GET through "
-        "DataLad's special remote, one `addurls` per subject).",
+        "does not fall with size: DataLad's `addurls`, once per subject, adds each file with "
+        "`addurl --fast --batch`, checked with one GET through DataLad's special remote, then "
+        "sets its metadata with one `git annex metadata` process per file).",
     ]
     sec.commands += [
         "# floor (timed: the three commands)",
