@@ -36,15 +36,20 @@ def _peer_sample(ctx: Context, sec: Section) -> Figure:
         fig.error = f"not run: {ctx.peer_reason}"
         return fig
     with EmulatorProcess(n, ctx.sizes.register_file_size) as emu:
-        res = _runs.peer_update(ctx, emu, n, f"register-peer-{n}", reckless_fast=True)
+        _peer_run(ctx, emu, n, fig)
+    return fig
+
+
+def _peer_run(ctx: Context, emu: EmulatorProcess, n: int, fig: Figure) -> None:
+    """datalad-xnat's one registration run of n files into `fig`, its requests into ctx.shared."""
+    res = _runs.peer_update(ctx, emu, n, f"register-peer-{n}", reckless_fast=True)
     if res.error:
         fig.error = res.error
-    else:
-        fig.runs = [res.wall]
-        fig.note = f"1 run; {res.wall / n * 1000:.0f} ms per file"
-        fig.extra = {"counters": res.counters, **rss_extra(res.measurement)}
-        ctx.shared.setdefault("requests", {}).setdefault(n, {})["peer-update"] = res.counters
-    return fig
+        return
+    fig.runs = [res.wall]
+    fig.note = f"1 run; {res.wall / n * 1000:.0f} ms per file"
+    fig.extra = {"counters": res.counters, **rss_extra(res.measurement)}
+    ctx.shared.setdefault("requests", {}).setdefault(n, {})["peer-update"] = res.counters
 
 
 def run(ctx: Context, selected: set) -> Section:
@@ -89,15 +94,9 @@ def run(ctx: Context, selected: set) -> Section:
             if ctx.peer_reason:
                 f_peer.error = f"not run: {ctx.peer_reason}"
             elif n <= ctx.sizes.peer_full_max:
-                res = _runs.peer_update(ctx, emu, n, f"register-peer-{n}", reckless_fast=True)
-                if res.error:
-                    f_peer.error = res.error
-                else:
-                    f_peer.runs = [res.wall]
-                    f_peer.note = f"1 run; {res.wall / n * 1000:.0f} ms per file"
-                    per_file, per_file_at = res.wall / n, n
-                    ctx.shared.setdefault("requests", {}).setdefault(n, {})["peer-update"] = \
-                        res.counters
+                _peer_run(ctx, emu, n, f_peer)
+                if f_peer.value:
+                    per_file, per_file_at = f_peer.value / n, n
             elif per_file is None:
                 f_peer.error = f"not run: the {per_file_at:,}-file peer run failed"
             else:
