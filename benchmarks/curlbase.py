@@ -34,7 +34,7 @@ def prepare(workdir: Path, url: str, records: list[Rec], jobs: int = 8,
             annex_layout: bool = False) -> tuple[list[str], Path]:
     dest = workdir / "files"
     if annex_layout:
-        from xnat_init.register import object_relpath  # noqa: PLC0415 - only for this layout
+        from git_annex_remote_xnat.keys import object_relpath  # noqa: PLC0415 - only for this layout
         records = unique_by_key(records)
     cfg = workdir / "urls.cfg"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,9 @@ from urllib.parse import quote, unquote
 
 import requests
 
+from git_annex_remote_xnat import keys
+from git_annex_remote_xnat.records import FileRecord
+
 from .common import PROJECT, BenchError
 
 _SCAN_FILE_URI = re.compile(
@@ -26,24 +29,11 @@ _SCAN_FILE_URI = re.compile(
 
 
 @dataclass(frozen=True)
-class Rec:
-    """One file; field names match git_annex_remote_xnat.urls.FileLocation."""
+class Rec(FileRecord):
+    """One file as the harness lists it: the project's file record, plus where it is served."""
 
-    project: str
-    subject_id: str
-    session_id: str
-    scan_id: str
-    level: str
-    resource: str
-    path: str  # relative path inside the resource, decoded
-    size: int
-    md5: str
-    uri: str  # the listing's URI, as served
+    uri: str = ""  # the listing's URI, as served
     digest_published: bool = True  # False: md5 computed by the harness from the content
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
 
 
 def _rows(session: requests.Session, url: str) -> list[dict]:
@@ -73,7 +63,8 @@ def list_files(base_url: str, user: str, password: str, project: str = PROJECT,
             if not match:
                 continue
             out.append(Rec(project=project, subject_id=subject_of.get(eid, ""),
-                           session_id=unquote(match["session"]), scan_id=unquote(match["scan"]),
+                           subject_label="", session_id=unquote(match["session"]),
+                           session_label="", scan_id=unquote(match["scan"]), scan_type="",
                            level="scan", resource=row.get("collection", ""),
                            path=unquote(match["path"]), size=int(row.get("Size") or 0),
                            md5=row.get("digest", ""), uri=uri))
@@ -112,25 +103,6 @@ def load(path: Path) -> list[Rec]:
     return [Rec(**row) for row in json.loads(path.read_text())]
 
 
-# git-annex's MD5E backend keeps up to two extensions of at most four characters each
-# (annex.maxextensions, annex.maxextensionlength), letters and digits only.
-def annex_extension(name: str, max_len: int = 4, max_count: int = 2) -> str:
-    parts = name.split(".")[1:]
-    kept: list[str] = []
-    for part in reversed(parts):
-        if not part or len(part) > max_len:
-            break
-        if all(c.isalnum() for c in part):
-            kept.append(part)
-        if len(kept) == max_count:
-            break
-    return "".join("." + p for p in reversed(kept))
-
-
 def md5e_key(rec: Rec) -> str:
-    """The key git-annex's MD5E backend would give this file (the project's rule when present)."""
-    try:
-        from xnat_init.layout import md5e_extension
-    except ImportError:
-        md5e_extension = annex_extension
-    return f"MD5E-s{rec.size}--{rec.md5}{md5e_extension(rec.name)}"
+    """The key git-annex's MD5E backend gives this file."""
+    return keys.md5e_key(rec.size, rec.md5, rec.name)

@@ -41,6 +41,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__
 from .credentials import Credential, how_to_provide
+from .records import LEVELS, FileRecord
 
 USER_AGENT = f"git-annex-remote-xnat/{__version__}"
 CHUNK_SIZE = 1 << 20
@@ -49,7 +50,6 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
 # Comma lists of session or subject IDs per request for level-wide file listings.
 ID_BATCH = 50
-LEVELS = ("scan", "session", "subject", "project")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -235,24 +235,6 @@ class RemoteFile:
         resource_id = str(row.get("cat_ID", "")) or (match.group(1) if match else "")
         return cls(name, path, _int_or_none(row.get("Size")), _digest(row.get("digest")),
                    str(row.get("collection", "")), resource_id, uri)
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """One file of a project, wherever it sits (scan, session, subject or project resource)."""
-
-    project: str
-    subject_id: str
-    subject_label: str
-    session_id: str
-    session_label: str
-    scan_id: str
-    scan_type: str
-    level: str          # 'scan' | 'session' | 'subject' | 'project'
-    resource: str       # resource label
-    path: str           # relative path inside the resource; may contain '/'
-    size: int
-    md5: str | None
 
 
 @dataclass(frozen=True)

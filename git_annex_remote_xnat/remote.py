@@ -18,7 +18,6 @@ Configuration (`git annex initremote NAME type=external externaltype=xnat ...`):
 from __future__ import annotations
 
 import functools
-import re
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -27,6 +26,8 @@ from annexremote import Master, ProtocolError, RemoteError, SpecialRemote
 
 from . import __version__
 from .annexversion import GitAnnexVersionError, check_git_annex_version
+from .keys import parse_key
+from .messages import one_line
 from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
 from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
 
@@ -40,10 +41,6 @@ READ_ONLY = ("the XNAT special remote is read-only: add files to XNAT with XNAT'
              "then run `datalad xnat-update` to register them")
 # Extension words that only git-annex newer than the floor (10.20230407) announces.
 NEW_ENOUGH_EXTENSIONS = ("UNAVAILABLERESPONSE", "TRANSFER-RETRIEVE-URL", "CHECKPRESENT-URL")
-
-
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 def fail(message: str) -> RemoteError:
@@ -71,22 +68,6 @@ def guarded(handler: Handler) -> Handler:
         except Exception as exc:  # noqa: BLE001
             raise fail(f"unexpected {exc.__class__.__name__}: {exc} (please report this bug)") from exc
     return wrapper  # type: ignore[return-value]
-
-
-def parse_key(key: str) -> tuple[int | None, str | None]:
-    """(size, md5) from a git-annex key; md5 only for MD5 and MD5E keys.
-
-    `MD5E-s1024--0123...cdef.nii.gz` -> (1024, '0123...cdef'); `VURL-s10--xnat...` -> (10, None).
-    """
-    fields, _, name = key.partition("--")
-    backend, *rest = fields.split("-")
-    size = next((int(f[1:]) for f in rest if f.startswith("s") and f[1:].isdigit()), None)
-    md5 = None
-    if backend in ("MD5", "MD5E"):
-        candidate = name.split(".", 1)[0] if backend == "MD5E" else name
-        if re.fullmatch(r"[0-9a-fA-F]{32}", candidate):
-            md5 = candidate.lower()
-    return size, md5
 
 
 class XnatRemote(SpecialRemote):

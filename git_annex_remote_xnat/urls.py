@@ -25,8 +25,10 @@ Why this shape:
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
+
+from .records import FileRecord
 
 SCHEME = "xnat"
 _PREFIX = SCHEME + "://"
@@ -34,18 +36,6 @@ _PREFIX = SCHEME + "://"
 _TOP_LEVELS = ("experiments/", "projects/")
 # Resource labels are percent-encoded, so they never contain a `/`.
 _RESOURCE_FILES = re.compile(r"/resources/[^/]+/files/(.+)$")
-
-
-class FileLocation(Protocol):
-    """The fields of a file record that locate it (see client.FileRecord)."""
-
-    project: str
-    subject_id: str
-    session_id: str
-    scan_id: str
-    level: str
-    resource: str
-    path: str
 
 
 class XnatUrlError(ValueError):
@@ -96,7 +86,7 @@ def _quote_path(path: str) -> str:
     return "/".join(quote(segment, safe="") for segment in path.strip("/").split("/"))
 
 
-def _level_path(record: FileLocation) -> str:
+def _level_path(record: FileRecord) -> str:
     """REST path (below /data) of the entity that owns the record's resource."""
     quoted = lambda value: quote(value, safe="")  # noqa: E731
     if record.level == "scan":
@@ -110,7 +100,7 @@ def _level_path(record: FileLocation) -> str:
     raise XnatUrlError(f"unknown resource level {record.level!r}")
 
 
-def file_url(base_url: str, record: FileLocation) -> str:
+def file_url(base_url: str, record: FileRecord) -> str:
     """The xnat: URL of one file record on the server at base_url."""
     resource = record.resource or "NULL"  # XNAT addresses a resource with an empty label as NULL
     return (
@@ -139,6 +129,54 @@ def rest_path(xnat_url: str, base_url: str) -> str:
     if not claims(xnat_url, base_url):
         raise XnatUrlError(f"{xnat_url} is not a file URL of the XNAT server {base_url}")
     return "/data/" + xnat_url[len(f"{_PREFIX}{server_id(base_url)}/"):]
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    """What an xnat: file URL names, decoded: the owner of the resource, the resource, the file.
+
+    `project` and `subject_id` are empty for session and scan resources (their URL names the
+    session by its accession ID only); `scan_id` is set for scan resources only.
+    """
+
+    level: str
+    project: str
+    subject_id: str
+    session_id: str
+    scan_id: str
+    resource: str
+    path: str
+
+
+_LOCATION = re.compile(
+    r"^(?:experiments/(?P<session>[^/]+)(?:/scans/(?P<scan>[^/]+))?"
+    r"|projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)"
+    r"/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
+
+
+def parse_file_url(xnat_url: str, base_url: str) -> FileLocation | None:
+    """The location an xnat: URL of the server at base_url names; None for any other URL.
+
+    The inverse of file_url: parse_file_url(file_url(b, r), b) has r's level, IDs, resource
+    and path.
+    """
+    if not claims(xnat_url, base_url):
+        return None
+    match = _LOCATION.match(xnat_url[len(f"{_PREFIX}{server_id(base_url)}/"):])
+    if match is None:
+        return None
+    parts = {name: unquote(value or "") for name, value in match.groupdict().items()}
+    if parts["scan"]:
+        level = "scan"
+    elif parts["session"]:
+        level = "session"
+    elif parts["subject"]:
+        level = "subject"
+    else:
+        level = "project"
+    resource = "" if parts["resource"] == "NULL" else parts["resource"]
+    return FileLocation(level, parts["project"], parts["subject"], parts["session"],
+                        parts["scan"], resource, parts["path"])
 
 
 def file_name(xnat_url: str) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from git_annex_remote_xnat.records import FileRecord
+
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -41,6 +43,15 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         "[init]\n\tdefaultBranch = main\n"
     )
     return home
+
+
+def file_record(**fields) -> FileRecord:
+    """A FileRecord of scan 1 of subject SUBJ01's session SUBJ01_MR1 in P1; `fields` override."""
+    defaults = dict(project="P1", subject_id="XNAT_S00001", subject_label="SUBJ01",
+                    session_id="XNAT_E00001", session_label="SUBJ01_MR1", scan_id="1",
+                    scan_type="T1w", level="scan", resource="DICOM", path="a/b.dcm", size=1,
+                    md5=None)
+    return FileRecord(**{**defaults, **fields})
 
 
 def run(cmd: list[str], cwd: Path | str | None = None, check: bool = True,

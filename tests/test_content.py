@@ -21,10 +21,9 @@ from xnat_init.content import (
     Wanted,
     WantedStream,
     direct_fetch_refusal,
-    key_size_and_md5,
     object_path,
 )
-from xnat_init.layout import md5e_key
+from git_annex_remote_xnat.keys import md5e_key, parse_key
 
 
 def make_repo(tmp_path: Path) -> Path:
@@ -42,8 +41,8 @@ def test_object_path_is_git_annexes(tmp_path):
         theirs = run(["git", "annex", "examinekey", key, "--format=${objectpath}\n"],
                      cwd=repo).stdout.strip()
         assert object_path(repo, key) == repo / theirs
-        assert key_size_and_md5(key) == (len(data), hashlib.md5(data).hexdigest())
-    assert key_size_and_md5("URL--http&c%%example") is None
+        assert parse_key(key) == (len(data), hashlib.md5(data).hexdigest())
+    assert parse_key("URL--http&c%%example") == (None, None)
 
 
 @pytest.mark.parametrize("setting, value, reason", [

@@ -4,36 +4,21 @@ real `git annex calckey`."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
 
 import pytest
 
-from tests.conftest import run
+from git_annex_remote_xnat.keys import md5e_extension, md5e_key
+from tests.conftest import file_record, run
 from xnat_init.layout import (
     CollisionTracker,
     LayoutError,
     PathFormat,
     check_relative_path,
-    md5e_extension,
-    md5e_key,
     sanitize_label,
 )
 
 
-@dataclass(frozen=True)
-class Rec:
-    project: str = "P1"
-    subject_id: str = "XNAT_S00001"
-    subject_label: str = "SUBJ01"
-    session_id: str = "XNAT_E00001"
-    session_label: str = "SUBJ01_MR1"
-    scan_id: str = "1"
-    scan_type: str = "T1w"
-    level: str = "scan"
-    resource: str = "DICOM"
-    path: str = "a/b.dcm"
-    size: int = 1
-    md5: str | None = None
+Rec = file_record
 
 
 def test_default_layout_for_every_level():

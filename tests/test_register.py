@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run
-from xnat_init.layout import md5e_key, path_hash
+from git_annex_remote_xnat.keys import hashdir_lower, hashdir_mixed, md5e_key
+from xnat_init.layout import path_hash
 from xnat_init.register import (
     Change,
     KeySpool,
     RegistrationError,
     TrackedTree,
     commit_tree_changes,
-    hashdir_lower,
-    hashdir_mixed,
     iter_tracked_symlinks,
     key_urls,
     register_keys,

@@ -17,7 +17,7 @@ import pytest
 
 from git_annex_remote_xnat.client import XnatClient
 from git_annex_remote_xnat.credentials import Credential, env_var_names, store_credential
-from git_annex_remote_xnat.remote import parse_key
+from git_annex_remote_xnat.keys import md5e_key, parse_key
 from git_annex_remote_xnat.urls import file_url
 from tests.conftest import run
 
@@ -32,17 +32,6 @@ def set_env_credential(monkeypatch, name="emu", user="alice", password=PASSWORD)
 
 def annex(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(["git", "annex", *args], cwd=repo, check=check)
-
-
-def md5e_key(size: int, md5: str, name: str) -> str:
-    """An MD5E key with git-annex's usual extension choice (up to 2 short alphanumeric parts)."""
-    parts = name.rsplit("/", 1)[-1].split(".")[1:]
-    ext = ""
-    for part in reversed(parts[-2:]):
-        if not (part.isalnum() and len(part) <= 4):
-            break
-        ext = "." + part + ext
-    return f"MD5E-s{size}--{md5}{ext}"
 
 
 def work_path(record) -> str:

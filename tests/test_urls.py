@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
 from git_annex_remote_xnat import urls
+from tests.conftest import file_record
 
 
-@dataclass
-class Rec:
-    project: str = "P1"
-    subject_id: str = "XNAT_S00001"
-    session_id: str = "XNAT_E00001"
-    scan_id: str = "1"
-    level: str = "scan"
-    resource: str = "DICOM"
-    path: str = "a.dcm"
+Rec = partial(file_record, path="a.dcm")
 
 
 BASE = "https://XNAT.example.org/"
@@ -77,3 +70,26 @@ def test_bad_base_urls(bad: str) -> None:
 
 def test_normalize_base_url() -> None:
     assert urls.normalize_base_url(" HTTPS://Host.ORG:8443/xnat/ ") == "https://host.org:8443/xnat"
+
+
+@pytest.mark.parametrize("level", ["scan", "session", "subject", "project"])
+def test_parse_file_url_inverts_file_url(level: str) -> None:
+    record = Rec(level=level, resource="a b+c", path="sub dir/x%y.dcm",
+                 scan_id="1" if level == "scan" else "")
+    location = urls.parse_file_url(urls.file_url(BASE, record), BASE)
+    assert location is not None
+    assert (location.level, location.resource, location.path) == (level, "a b+c",
+                                                                   "sub dir/x%y.dcm")
+    if level in ("scan", "session"):
+        assert location.session_id == "XNAT_E00001"
+        assert location.scan_id == ("1" if level == "scan" else "")
+    else:
+        assert (location.project, location.session_id) == ("P1", "")
+        assert location.subject_id == ("XNAT_S00001" if level == "subject" else "")
+
+
+def test_parse_file_url_of_another_server_or_no_file() -> None:
+    url = urls.file_url(BASE, Rec())
+    assert urls.parse_file_url(url, "https://other.example.org") is None
+    assert urls.parse_file_url("xnat://xnat.example.org/experiments/E1", BASE) is None
+    assert urls.parse_file_url(urls.file_url(BASE, Rec(resource="")), BASE).resource == ""

@@ -118,6 +118,3 @@ def force_ask_requested(ds_config=None) -> bool:
             continue
     return False
 
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import shutil
 import stat
 import tempfile
@@ -33,16 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from git_annex_remote_xnat.keys import object_relpath, parse_key
+
 from .register import (
     RegistrationError,
     git,
     journal_is_empty,
-    object_relpath,
     record_present,
     register_method,
 )
 
-_MD5E_KEY = re.compile(r"^MD5E?-s(?P<size>\d+)--(?P<md5>[0-9a-f]{32})")
 # git config settings under which git-annex would place or protect content differently
 # (annex.tune.* changes the object directory layout)
 _SETTINGS_NEEDING_ANNEX = r"^(annex\.crippledfilesystem|core\.sharedrepository|" \
@@ -92,11 +91,6 @@ def direct_fetch_refusal(repo: Path) -> str | None:
 def object_path(repo: Path, key: str) -> Path:
     """Where git-annex keeps the content of `key` in a non-bare repository."""
     return repo / object_relpath(key)
-
-
-def key_size_and_md5(key: str) -> tuple[int, str] | None:
-    match = _MD5E_KEY.match(key)
-    return (int(match["size"]), match["md5"]) if match else None
 
 
 class AnnexPlacer:
@@ -176,10 +170,9 @@ class AnnexPlacer:
         return True
 
     def _fetch_one(self, item: Wanted, scratch: Path) -> Fetched:
-        expected = key_size_and_md5(item.key)
-        if expected is None:
+        size, md5 = parse_key(item.key)
+        if size is None or md5 is None:
             return Fetched(item, 0, f"{item.key} is not an MD5E key; use `git annex get`")
-        size, md5 = expected
         tmp = scratch / f"{threading.get_ident()}-{item.key}"
         try:
             self.download(item.url, tmp, size, md5)

@@ -25,13 +25,13 @@ from git_annex_remote_xnat.credentials import (
     CredentialError,
     store_credential,
 )
+from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, normalize_base_url
 
 from .common import (
     filter_params,
     force_ask_requested,
     is_terminal,
-    one_line,
     prompt_credential,
     resolve_credential,
 )
@@ -45,7 +45,6 @@ from .config import (
     provider_file_content,
     provider_path,
     read_config,
-    remote_name,
 )
 from .layout import DEFAULT_PATHFMT, LayoutError, PathFormat
 

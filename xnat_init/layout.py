@@ -41,7 +41,9 @@ import string
 from array import array
 from itertools import islice
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable
+
+from git_annex_remote_xnat.records import FileRecord
 
 PLACEHOLDERS = ("project", "subject", "session", "subject_id", "session_id", "scan",
                 "scan_type", "resource")
@@ -64,21 +66,6 @@ _FORBIDDEN_SEGMENTS = frozenset({".git", ".datalad", ".gitattributes", ".gitmodu
 
 class LayoutError(ValueError):
     """A pathfmt, label or file name that cannot be placed in the dataset; the message says why."""
-
-
-class Locatable(Protocol):
-    """The fields of git_annex_remote_xnat.client.FileRecord that the layout reads."""
-
-    project: str
-    subject_id: str
-    subject_label: str
-    session_id: str
-    session_label: str
-    scan_id: str
-    scan_type: str
-    level: str
-    resource: str
-    path: str
 
 
 def sanitize_label(value: str) -> str:
@@ -215,7 +202,7 @@ class PathFormat:
     def has_subdatasets(self) -> bool:
         return any(segment.dataset_boundary for segment in self.segments)
 
-    def _values(self, record: Locatable) -> dict[str, str]:
+    def _values(self, record: FileRecord) -> dict[str, str]:
         return {
             "project": sanitize_label(record.project),
             "subject": sanitize_label(record.subject_label or record.subject_id),
@@ -227,7 +214,7 @@ class PathFormat:
             "resource": sanitize_label(record.resource),
         }
 
-    def folder(self, record: Locatable) -> tuple[str, str]:
+    def folder(self, record: FileRecord) -> tuple[str, str]:
         """(dataset, folder) for a record: the rendered folders with a trailing '/'.
 
         `dataset` is the deepest subdataset the folder lies in ('' for the top dataset).
@@ -261,7 +248,7 @@ class PathFormat:
         self._cache[cache_key] = (dataset, folder)
         return dataset, folder
 
-    def render(self, record: Locatable) -> RenderedPath:
+    def render(self, record: FileRecord) -> RenderedPath:
         """Where `record` goes; LayoutError if its relative path is unsafe."""
         check_relative_path(record.path)
         dataset, folder = self.folder(record)
@@ -284,42 +271,6 @@ class PathFormat:
 
 def _segment_text(label: str) -> str:
     return label if label not in ("", ".", "..") else "_" + label
-
-
-# ---------------------------------------------------------------------------------------------
-# git-annex's MD5E key extension
-
-
-def md5e_extension(filename: str, max_length: int = 4, max_extensions: int = 2) -> str:
-    """The extension git-annex's MD5E backend puts on a key for a file called `filename`.
-
-    Matches git-annex 10.2026 (checked with `git annex calckey --backend=MD5E`): leading dots
-    belong to the name; of the dot-separated parts after it, taken from the end while each is at
-    most `max_length` bytes (annex.maxextensionlength), keep the ones made of ASCII letters and
-    digits or non-ASCII bytes, take the last `max_extensions` (annex.maxextensions), drop empty
-    ones. `README` -> '', `a.nii.gz` -> '.nii.gz', `x.tar.gz.md5` -> '.gz.md5',
-    `a.tar.gz ` -> '.tar' (the part with a space is skipped, not a stop).
-    """
-    name = filename.rsplit("/", 1)[-1].encode("utf-8", "surrogateescape").lstrip(b".")
-    parts = name.split(b".")[1:]
-    if not parts:
-        return ""
-    kept: list[bytes] = []
-    for part in reversed(parts):
-        if len(part) > max_length:
-            break
-        if all(byte >= 0x80 or chr(byte).isalnum() for byte in part):
-            kept.append(part)
-    chosen = [part for part in reversed(kept[:max_extensions]) if part]
-    if not chosen:
-        return ""
-    return "." + b".".join(chosen).decode("utf-8", "surrogateescape")
-
-
-def md5e_key(size: int, md5: str, filename: str, max_length: int = 4,
-             max_extensions: int = 2) -> str:
-    """`MD5E-s<size>--<md5><ext>` for a file whose digest the server already knows."""
-    return f"MD5E-s{int(size)}--{md5.lower()}{md5e_extension(filename, max_length, max_extensions)}"
 
 
 # ---------------------------------------------------------------------------------------------

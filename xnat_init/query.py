@@ -11,7 +11,9 @@ from datalad.support.param import Parameter
 
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
-from .common import filter_params, one_line, resolve_credential
+from git_annex_remote_xnat.messages import one_line
+
+from .common import filter_params, resolve_credential
 
 lgr = logging.getLogger("datalad.xnat.query")
 ACTION = "xnat_query"

@@ -42,48 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from git_annex_remote_xnat.keys import hashdir_lower, key_from_target, symlink_target
+
 from .layout import path_hash
 from .spool import LineSpool
 
 GITLINK_MODE = "160000"
 SYMLINK_MODE = "120000"
-_MIXED_CHARS = "0123456789zqjxkmvwgpfZQJXKMVWGPF"
 
 
 class RegistrationError(RuntimeError):
     """Registration could not be done; the dataset's branch is unchanged. The message says why."""
-
-
-# ---------------------------------------------------------------------------------------------
-# key locations, as git-annex computes them
-
-
-def hashdir_lower(key: str) -> str:
-    """`abc/def/`: where git-annex's branch keeps a key's logs (first 6 hex digits of md5(key))."""
-    digest = hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{digest[:3]}/{digest[3:6]}/"
-
-
-def hashdir_mixed(key: str) -> str:
-    """`Xy/Zw/`: the two-level object directory of a key in `.git/annex/objects` (non-bare repo)."""
-    digest = hashlib.md5(key.encode("utf-8", "surrogateescape")).digest()
-    word = int.from_bytes(digest[:4], "little")
-    chars = [_MIXED_CHARS[(word >> (6 * i)) & 31] for i in range(8)]
-    swapped = []
-    for i in range(0, 8, 2):
-        swapped += [chars[i + 1], chars[i]]
-    text = "".join(swapped[:4])
-    return f"{text[:2]}/{text[2:4]}/"
-
-
-def object_relpath(key: str) -> str:
-    """Where git-annex keeps the content of `key`, relative to a non-bare repository's top."""
-    return f".git/annex/objects/{hashdir_mixed(key)}{key}/{key}"
-
-
-def symlink_target(key: str, path_in_dataset: str) -> str:
-    """The relative symlink git-annex makes for a locked file at `path_in_dataset`."""
-    return "../" * path_in_dataset.count("/") + object_relpath(key)
 
 
 def blob_sha(content: bytes) -> bytes:
@@ -95,13 +64,6 @@ def symlink_fingerprint(key: str, path_in_dataset: str) -> int:
     """64 bits of the blob id git gives the symlink of `key` at that path."""
     target = symlink_target(key, path_in_dataset).encode("utf-8", "surrogateescape")
     return int.from_bytes(blob_sha(target)[:8], "big")
-
-
-def key_from_target(target: str) -> str | None:
-    """The key an annex symlink points to, or None if it is not one."""
-    if "/annex/objects/" not in target:
-        return None
-    return target.rstrip("/").rsplit("/", 1)[-1] or None
 
 
 # ---------------------------------------------------------------------------------------------

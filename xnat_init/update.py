@@ -50,9 +50,12 @@ from datalad.log import log_progress
 from datalad.support.constraints import EnsureChoice, EnsureInt, EnsureNone, EnsureStr
 from datalad.support.param import Parameter
 
+from git_annex_remote_xnat.keys import md5e_key
 from git_annex_remote_xnat.urls import file_url, server_id
 
-from .common import filter_params, one_line, resolve_credential
+from git_annex_remote_xnat.messages import one_line
+
+from .common import filter_params, resolve_credential
 from .config import (
     CONFIG_FILE,
     DEFAULT_NAME,
@@ -77,7 +80,6 @@ from .layout import (
     PathFormat,
     RenderedPath,
     describe_collisions,
-    md5e_key,
     path_hash,
 )
 from .register import (
