@@ -1,4 +1,4 @@
-"""Placing content into the annex directly (xnat_init.content), checked against real git-annex.
+"""Placing content into the annex directly (xnat_init.update.placement), checked against real git-annex.
 
 The end-to-end path (xnat-update against the emulator, then fsck, whereis, drop, get) is in
 test_xnat_commands.py; here: that our placement is git-annex's, and when we leave it to git-annex.
@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run
-from xnat_init.content import (
+from xnat_init.config import DatasetSettings
+from xnat_init.update.placement import (
     AnnexPlacer,
     BackgroundFetch,
-    Wanted,
     WantedStream,
     direct_fetch_refusal,
     object_path,
 )
+from xnat_init.update.spool import Entry as Wanted
 from git_annex_remote_xnat.keys import md5e_key, parse_key
 
 
@@ -57,7 +58,7 @@ def test_refusals(tmp_path, setting, value, reason):
     repo = make_repo(tmp_path)
     if setting:
         run(["git", "config", setting, value], cwd=repo)
-    refusal = direct_fetch_refusal(repo)
+    refusal = direct_fetch_refusal(repo, DatasetSettings.read(repo))
     if reason is None:
         assert refusal is None
     else:
@@ -67,12 +68,12 @@ def test_refusals(tmp_path, setting, value, reason):
 def test_uninitialised_and_journal(tmp_path):
     plain = tmp_path / "plain"
     run(["git", "init", "-q", str(plain)])
-    assert "not initialised" in direct_fetch_refusal(plain)
+    assert "not initialised" in direct_fetch_refusal(plain, DatasetSettings.read(plain))
     repo = make_repo(tmp_path)
     journal = repo / ".git" / "annex" / "journal"
     journal.mkdir(parents=True, exist_ok=True)
     (journal / "uuid.log").write_text("pending\n")
-    assert "journal" in direct_fetch_refusal(repo)
+    assert "journal" in direct_fetch_refusal(repo, DatasetSettings.read(repo))
 
 
 def test_placer_places_records_and_reports(tmp_path):
@@ -94,7 +95,7 @@ def test_placer_places_records_and_reports(tmp_path):
             raise RuntimeError("delivered content with MD5 0000, expected " + md5)
         dest.write_bytes(good)
 
-    placer = AnnexPlacer(repo, download, jobs=2)
+    placer = AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid)
     wanted = [Wanted("g.dcm", key_good, "good"), Wanted("b.dcm", key_bad, "bad"),
               Wanted("g2.dcm", key_good, "good")]
     outcomes = {o.wanted.path: o for o in placer.fetch_all(wanted)}
@@ -108,7 +109,7 @@ def test_placer_places_records_and_reports(tmp_path):
     found = run(["git", "annex", "find", "--in", "here", "--json"], cwd=repo).stdout
     assert sorted(json.loads(line)["file"] for line in found.splitlines()) == ["g.dcm", "g2.dcm"]
     # a second pass finds the content present and downloads nothing
-    assert list(AnnexPlacer(repo, download, jobs=2).fetch_all(wanted[:1])) == []
+    assert list(AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid).fetch_all(wanted[:1])) == []
     assert calls.count("good") == 1
 
 
@@ -132,7 +133,7 @@ def test_background_fetch_records_only_when_told_and_can_discard(tmp_path):
 
     def plan(repo):
         wanted = [Wanted(name, key, name) for name, key in keys.items()]
-        return [("", AnnexPlacer(repo, download, jobs=2), iter(wanted))]
+        return [("", AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid), iter(wanted))]
 
     def here(repo):
         """Files whose location log says "here" (`find --in here` would look at the objects)."""

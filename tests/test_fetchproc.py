@@ -1,4 +1,4 @@
-"""Download helper processes (xnat_init.fetchproc): when they are used, and that the secret
+"""Download helper processes (xnat_init.update.helpers): when they are used, and that the secret
 never shows in their command line or environment. End to end: test_xnat_commands.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xnat_init.fetchproc import MIN_FILES_FOR_PROCESSES, _Helper, helper_processes
+from xnat_init.update.helpers import MIN_FILES_FOR_PROCESSES, _Helper, helper_processes
 
 
 def test_helper_processes_count():

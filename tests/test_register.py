@@ -11,17 +11,17 @@ import pytest
 from tests.conftest import run
 from git_annex_remote_xnat.keys import hashdir_lower, hashdir_mixed, md5e_key
 from xnat_init.layout import path_hash
-from xnat_init.register import (
-    Change,
-    KeySpool,
+from xnat_init.update.gitannex import (
     RegistrationError,
     TrackedTree,
     commit_tree_changes,
-    iter_tracked_symlinks,
     key_urls,
     register_keys,
     symlink_fingerprint,
+    tracked_keys,
 )
+from xnat_init.update.spool import Entry as Change
+from xnat_init.update.spool import EntrySpool
 
 SERVER = "http://127.0.0.1:9"
 
@@ -45,13 +45,14 @@ def url_for(path: str) -> str:
     return f"xnat://127.0.0.1:9/experiments/E1/scans/1/resources/DICOM/files/{path.replace(' ', '%20')}"
 
 
-def register_files(repo: Path, uuid: str, files: dict[str, bytes]) -> list[Change]:
+def register_files(repo: Path, uuid: str, files: dict[str, bytes],
+                   method: str = "fast-import") -> list[Change]:
     """Register {path: content} in git-annex's branch the way xnat-update does (no commit)."""
     changes = [Change(path, key_for(path, content), url_for(path)) for path, content in files.items()]
-    spool = KeySpool()
+    spool = EntrySpool()
     for change in changes:
-        spool.add(change.key, change.url)
-    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+        spool.add(change, register=True, want=False)
+    register_keys(repo, spool.sorted_keys(), uuid, "xnat", method=method)
     spool.close()
     return changes
 
@@ -72,7 +73,7 @@ def test_register_then_whereis_and_update(tmp_path, method):
     run(["git", "config", "datalad.xnat.register-method", method], cwd=repo)
     files = {"a/b.dcm": b"one", "a/c d.nii.gz": b"two", "top.txt": b"three", "dup.txt": b"three",
              'we"ird\\name.json': b"four"}
-    changes = register_files(repo, uuid, files)
+    changes = register_files(repo, uuid, files, method)
     new = commit_tree_changes(repo, changes, [], {}, "register")
     assert new
     assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""
@@ -90,14 +91,14 @@ def test_register_then_whereis_and_update(tmp_path, method):
     index = tree.lookup(path_hash("a/b.dcm"))
     assert index is not None
     assert tree.blobs[index] == symlink_fingerprint(key_for("a/b.dcm", b"one"), "a/b.dcm")
-    found = dict(iter_tracked_symlinks(repo, "HEAD", {path_hash("top.txt")}))
+    found = dict(tracked_keys(repo, "HEAD", {path_hash("top.txt")}))
     assert found == {"top.txt": three}
 
     # a second registration: a change, a removal; existing logs are appended to, not replaced
     changed = Change("a/b.dcm", key_for("a/b.dcm", b"ONE"), url_for("a/b.dcm"))
-    spool = KeySpool()
-    spool.add(changed.key, changed.url)
-    register_keys(repo, spool.sorted_pairs(), uuid, "xnat")
+    spool = EntrySpool()
+    spool.add(changed, register=True, want=False)
+    register_keys(repo, spool.sorted_keys(), uuid, "xnat", method=method)
     spool.close()
     commit_tree_changes(repo, [changed], ["top.txt"], {}, "update")
     assert not (repo / "top.txt").exists()
@@ -133,7 +134,7 @@ def test_annex_branch_written_in_chunks(tmp_path, monkeypatch):
     """Registration across several fast-import chunks (one per ANNEX_CHUNK_KEYS keys) loses no
     key and no URL, and records location and URL of a key in one chunk even when it has two
     URLs (the spool keeps a key's pairs together)."""
-    import xnat_init.register as register
+    import xnat_init.update.gitannex as register
 
     monkeypatch.setattr(register, "ANNEX_CHUNK_KEYS", 3)
     repo, uuid = make_repo(tmp_path)
@@ -160,7 +161,7 @@ def test_few_known_keys_then_many_new_ones_do_not_deadlock(tmp_path, monkeypatch
     for room: 100,000 files hung at the start of the second chunk."""
     import threading
 
-    import xnat_init.register as register
+    import xnat_init.update.gitannex as register
 
     monkeypatch.setattr(register, "PENDING_KEYS", 3)
     repo, uuid = make_repo(tmp_path)
@@ -184,7 +185,7 @@ def test_few_known_keys_then_many_new_ones_do_not_deadlock(tmp_path, monkeypatch
 def test_tree_built_in_steps_is_one_commit(tmp_path, monkeypatch):
     """A tree written in several fast-import steps still lands as one commit on HEAD, with the
     removals, and nothing changed gives no commit."""
-    import xnat_init.register as register
+    import xnat_init.update.gitannex as register
 
     monkeypatch.setattr(register, "TREE_CHUNK_CHANGES", 4)
     repo, _ = make_repo(tmp_path)
@@ -220,7 +221,7 @@ def test_interrupt_waits_for_the_branch_and_work_tree_to_agree(tmp_path, sigint_
     import os
     import signal
 
-    from xnat_init.register import git, interrupts_deferred
+    from xnat_init.update.gitannex import git, interrupts_deferred
 
     sigint_disposition(signal.default_int_handler)  # Python's own: Ctrl-C raises KeyboardInterrupt
     repo, _ = make_repo(tmp_path)
@@ -240,7 +241,7 @@ def test_interrupt_deferred_stays_ignored_where_sigint_was_ignored(sigint_dispos
     import os
     import signal
 
-    from xnat_init.register import interrupts_deferred
+    from xnat_init.update.gitannex import interrupts_deferred
 
     sigint_disposition(signal.SIG_IGN)
     steps = []

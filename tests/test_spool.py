@@ -7,8 +7,8 @@ import resource
 
 import pytest
 
-from xnat_init import spool
-from xnat_init.spool import LineSpool
+from xnat_init.update import spool
+from xnat_init.update.spool import LineSpool
 
 
 def open_descriptors() -> int:
@@ -65,18 +65,17 @@ def test_lines_read_back_in_order_after_partial_flushes(monkeypatch):
 
 def test_update_plans_hold_no_descriptor_per_dataset(few_descriptors, tmp_path):
     """xnat-update's per-dataset plans (changes, keys, wanted content) for 300 subdatasets."""
-    from xnat_init.update import DatasetState
+    from xnat_init.update.spool import Entry, EntrySpool
 
-    states = [DatasetState(f"S{n}", tmp_path / f"S{n}", exists=False) for n in range(300)]
+    plans = [EntrySpool() for _ in range(300)]
     key = "MD5E-s3--" + "0" * 32 + ".dcm"
     try:
-        for n, state in enumerate(states):
-            state.spool_change(f"a/{n}.dcm", key, f"xnat:u{n}", 3)
-            state.want_content(f"a/{n}.dcm", key, f"xnat:u{n}")
-        last = states[-1]
-        assert [c.path for c in last.iter_changes()] == ["a/299.dcm"]
-        assert [w.url for w in last.iter_wanted()] == ["xnat:u299"]
-        assert list(last.keys.sorted_pairs()) == [(key, "xnat:u299")]
+        for n, plan in enumerate(plans):
+            plan.add(Entry(f"a/{n}.dcm", key, f"xnat:u{n}"), register=True, want=True)
+        last = plans[-1]
+        assert [c.path for c in last.registrations()] == ["a/299.dcm"]
+        assert [w.url for w in last.wanted_entries()] == ["xnat:u299"]
+        assert list(last.sorted_keys()) == [(key, "xnat:u299")]
     finally:
-        for state in states:
-            state.close()
+        for plan in plans:
+            plan.close()

@@ -12,7 +12,7 @@ command_suite = (
     [
         # (module, class, command name, Python API name)
         ("xnat_init.init", "XnatInit", "xnat-init", "xnat_init"),
-        ("xnat_init.update", "XnatUpdate", "xnat-update", "xnat_update"),
+        ("xnat_init.update.command", "XnatUpdate", "xnat-update", "xnat_update"),
         ("xnat_init.query", "XnatQueryFiles", "xnat-query-files", "xnat_query_files"),
         ("xnat_init.query", "XnatQueryFiles", "xnat-query", "xnat_query"),
     ],

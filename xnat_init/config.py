@@ -1,5 +1,10 @@
 """The dataset's XNAT configuration: `[datalad "xnat.<name>"]` in `.datalad/config`, the provider
-file, and the name of the special remote.
+file, the name of the special remote, and the `datalad.xnat.*` settings of a dataset.
+
+The one place that reads configuration: the committed `.datalad/config` with `git config -f`
+(read_config, dataset_id: what the dataset itself says, in any clone), and everything a user may
+set (git config of the dataset or user, `datalad -c`) through DataLad's ConfigManager
+(DatasetSettings).
 
 Why `.datalad/config`: it is committed, so a clone knows which server, project and layout the
 dataset tracks and `datalad xnat-update` works there too. It never holds a secret: only the
@@ -112,6 +117,48 @@ def read_config(dataset_path: Path, name: str) -> XnatConfig | None:
                       credential=one("credential-name") or "",
                       subject=one("subject") or None, experiment=one("experiment") or None,
                       collections=[c for c in values.get("collection", []) if c])
+
+
+def dataset_id(dataset_path: Path) -> str:
+    """The DataLad dataset ID that `.datalad/config` records ('' when there is none)."""
+    config_file = Path(dataset_path) / CONFIG_FILE
+    if not config_file.exists():
+        return ""
+    return _git_config(config_file, "--get", "datalad.dataset.id").stdout.strip()
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """What a user set for xnat-update in one dataset (its git config, the user's, `datalad
+    -c`), read once per dataset and run."""
+
+    fetch_method: str            # 'direct' (default) or 'annex': `git annex get` for content
+    register_method: str         # 'fast-import' (default) or 'batch': `git annex registerurl`
+    fetch_processes: str | None  # helper processes for downloads; None: chosen by size
+    annex_uuid: str              # the repository's own git-annex UUID ('' before annex init)
+    git_config: dict[str, str]   # the core.* and annex.* settings, names in lower case
+
+    @classmethod
+    def read(cls, dataset_path: Path) -> "DatasetSettings":
+        from datalad.distribution.dataset import Dataset
+
+        config = Dataset(str(dataset_path)).config
+        config.reload()
+
+        def one(name: str) -> str | None:
+            value = config.get(name)
+            if isinstance(value, tuple):  # set several times: the last one counts, as in git
+                value = value[-1]
+            return None if value is None else str(value)
+
+        register = one("datalad.xnat.register-method")
+        return cls(fetch_method="annex" if one("datalad.xnat.fetch-method") == "annex"
+                   else "direct",
+                   register_method="batch" if register == "batch" else "fast-import",
+                   fetch_processes=one("datalad.xnat.fetch-processes"),
+                   annex_uuid=one("annex.uuid") or "",
+                   git_config={name: one(name) or "" for name in config.keys()
+                               if name.startswith(("core.", "annex."))})
 
 
 def config_file_content(base: bytes | None, config: XnatConfig) -> bytes:

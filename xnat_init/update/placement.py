@@ -11,12 +11,12 @@ git-annex does for a locked file, in bulk:
 2. move it to `.git/annex/objects/<hashdirmixed>/<key>/<key>` and remove the write bits from the
    file and its directory, as git-annex's freezeContent does;
 3. record "present here" for every placed key in git-annex's location logs with one fast-import
-   commit on the git-annex branch (register.record_present), also after a failure or interrupt.
+   commit on the git-annex branch (gitannex.record_present), also after a failure or interrupt.
 
 A dataset where that would not be what git-annex does itself (a `.git` file instead of a
 directory, a crippled file system, a shared repository, custom freeze/thaw hooks, uncommitted
 git-annex journal entries) or whose owner chose `datalad.xnat.fetch-method=annex` gets `git annex
-get` instead (see update.py). Either way `git annex fsck` finds the same state.
+get` instead (fetch.py). Either way `git annex fsck` finds the same state.
 """
 
 from __future__ import annotations
@@ -34,56 +34,41 @@ from typing import Callable, Iterable, Iterator
 
 from git_annex_remote_xnat.keys import object_relpath, parse_key
 
-from .register import (
-    RegistrationError,
-    git,
-    journal_is_empty,
-    record_present,
-    register_method,
-)
+from ..config import DatasetSettings
+from .gitannex import RegistrationError, journal_is_empty, record_present
+from .spool import Entry
 
 # git config settings under which git-annex would place or protect content differently
 # (annex.tune.* changes the object directory layout)
-_SETTINGS_NEEDING_ANNEX = r"^(annex\.crippledfilesystem|core\.sharedrepository|" \
-    r"annex\.freezecontent-command|annex\.thawcontent-command|annex\.tune\..*)$"
-
-
-@dataclass
-class Wanted:
-    """One file whose content is wanted: its path in the dataset, its key, its xnat: URL."""
-
-    path: str
-    key: str
-    url: str
+_SETTINGS_NEEDING_ANNEX = ("annex.crippledfilesystem", "core.sharedrepository",
+                           "annex.freezecontent-command", "annex.thawcontent-command")
+_SETTING_PREFIXES_NEEDING_ANNEX = ("annex.tune.",)
 
 
 @dataclass
 class Fetched:
     """What happened to one wanted key: placed (`error` None) or failed."""
 
-    wanted: Wanted
+    wanted: Entry
     size: int
     error: str | None = None
 
 
-def direct_fetch_refusal(repo: Path) -> str | None:
+def direct_fetch_refusal(repo: Path, settings: DatasetSettings) -> str | None:
     """Why content cannot be placed directly in `repo` (None: it can)."""
     if not (repo / ".git").is_dir():
         return ".git is not a directory"
-    method = git(repo, "config", "--get", "datalad.xnat.fetch-method", check=False).stdout.strip()
-    if method == "annex":
+    if settings.fetch_method == "annex":
         return "datalad.xnat.fetch-method=annex"
-    if register_method(repo) == "batch":
+    if settings.register_method == "batch":
         return "datalad.xnat.register-method=batch"
-    found = git(repo, "config", "--get-regexp", _SETTINGS_NEEDING_ANNEX,
-                check=False).stdout.split("\n")
-    for line in found:
-        name, _, value = line.partition(" ")
-        if name and value.strip().lower() not in ("", "false", "0", "no", "umask"):
-            return f"{name} is set"
+    for name, value in settings.git_config.items():
+        if name in _SETTINGS_NEEDING_ANNEX or name.startswith(_SETTING_PREFIXES_NEEDING_ANNEX):
+            if str(value).strip().lower() not in ("", "false", "0", "no", "umask"):
+                return f"{name} is set"
     if not journal_is_empty(repo):
         return "git-annex's journal holds uncommitted changes"
-    if not git(repo, "config", "--get", "annex.uuid", check=False).stdout.strip():
+    if not settings.annex_uuid:
         return "git-annex is not initialised here"
     return None
 
@@ -97,18 +82,18 @@ class AnnexPlacer:
     """Downloads wanted keys with a client and puts them into one dataset's annex."""
 
     def __init__(self, repo: Path, download: Callable[[str, Path, int, str], object],
-                 jobs: int) -> None:
+                 jobs: int, uuid: str) -> None:
         """`download(url, dest, size, md5)` fetches one xnat: URL verified (XnatClient.download
         behind a URL-to-REST-path mapping) and raises with a one-line message on failure."""
         self.repo = repo
         self.download = download
         self.jobs = max(1, jobs)
-        self.uuid = git(repo, "config", "--get", "annex.uuid").stdout.strip()
+        self.uuid = uuid  # the repository's own annex.uuid: record() says the content is here
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self.placed: list[str] = []
 
-    def fetch_all(self, wanted: Iterable[Wanted], *, record: bool = True,
+    def fetch_all(self, wanted: Iterable[Entry], *, record: bool = True,
                   stop: threading.Event | None = None) -> Iterator[Fetched]:
         """Fetch every wanted key not yet present, `jobs` at a time; yields one result per
         download (keys already present, or wanted twice, are skipped silently). Once `stop` is
@@ -135,8 +120,8 @@ class AnnexPlacer:
             if record:
                 self.record()
 
-    def fetch_each(self, wanted: Iterable[Wanted],
-                   report: Callable[[Wanted, Fetched | None], None]) -> None:
+    def fetch_each(self, wanted: Iterable[Entry],
+                   report: Callable[[Entry, Fetched | None], None]) -> None:
         """Like fetch_all, for a caller whose input may wait: `report` is called from the
         download threads as each download ends (Fetched), and at once for a key that is
         present already or wanted twice (None). Returns when all are done; records nothing."""
@@ -159,7 +144,7 @@ class AnnexPlacer:
         tmp_root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=tmp_root))
 
-    def _claim(self, item: Wanted) -> bool:
+    def _claim(self, item: Entry) -> bool:
         """Whether `item` is to be downloaded: not present yet and not under way already."""
         if object_path(self.repo, item.key).exists():
             return False
@@ -169,7 +154,7 @@ class AnnexPlacer:
             self._in_flight.add(item.key)
         return True
 
-    def _fetch_one(self, item: Wanted, scratch: Path) -> Fetched:
+    def _fetch_one(self, item: Entry, scratch: Path) -> Fetched:
         size, md5 = parse_key(item.key)
         if size is None or md5 is None:
             return Fetched(item, 0, f"{item.key} is not an MD5E key; use `git annex get`")
@@ -242,7 +227,7 @@ class WantedStream:
         self._cancelled = threading.Event()
         self._later: list = []
 
-    def put(self, item: Wanted) -> None:
+    def put(self, item: Entry) -> None:
         """Hand over one wanted file (the enumerating thread only)."""
         if self._sent >= self._limit:
             self._overflowed = True
@@ -278,7 +263,7 @@ class WantedStream:
             return min(count, self._sent)
         return count
 
-    def items(self, spooled: Callable[[], Iterable[Wanted]]) -> Iterator[Wanted]:
+    def items(self, spooled: Callable[[], Iterable[Entry]]) -> Iterator[Entry]:
         """Every wanted file: those handed over, then (past the limit) the rest of
         `spooled()`, which starts with the same files in the same order."""
         taken = 0
@@ -314,7 +299,7 @@ class BackgroundFetch:
     registration, which is mostly git's work). Nothing is recorded on git-annex's branch until
     the caller says so (record), since the caller may be writing that branch meanwhile."""
 
-    def __init__(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Wanted]]],
+    def __init__(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Entry]]],
                  max_pending: int = 10_000, on_stop: Callable[[], None] | None = None) -> None:
         """`plan` yields (tag, placer, wanted) and is consumed by the thread, so that the
         checks it makes per dataset run there too. `on_stop` is called by stop(): it must make
@@ -329,7 +314,7 @@ class BackgroundFetch:
                                         name="xnat-fetch")
         self._thread.start()
 
-    def _run(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Wanted]]]) -> None:
+    def _run(self, plan: Iterable[tuple[str, AnnexPlacer, Iterable[Entry]]]) -> None:
         try:
             for tag, placer, wanted in plan:
                 if self._stop.is_set():

@@ -1,15 +1,14 @@
 """Download helpers in processes of their own, for xnat-update's default mode.
 
 Why: in one Python process only one thread runs Python code at a time (the GIL). MD5, copying
-and file system calls release it, but the HTTP handling does not, so with 2 cores one process
-of 8 download threads keeps about 1.2 cores busy. With the same 8 downloads in flight, 2
-processes of 4 threads fetched 5,000 files of 256 KiB into an annex in 7.2-7.5 s, where 1
-process of 8 threads took 11.2-12.5 s (2 cores; caches dropped before each run).
+and file system calls release it, but the HTTP handling does not, so one process of many
+download threads cannot keep several cores busy; a few processes of a few threads each can
+(benchmarks/RESULTS.md, section 3, has the figures).
 
-A helper is `python -m xnat_init.fetchproc`. It reads one JSON line from stdin: server,
+A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from stdin: server,
 credential, repository and thread count. The secret travels through the pipe, never through
 the command line or the environment. Then it reads one wanted file per line (`key TAB url`),
-downloads and places each with content.AnnexPlacer, and answers one line per file:
+downloads and places each with placement.AnnexPlacer, and answers one line per file:
 `key TAB size TAB present TAB error`. At end of input it finishes what it received and exits.
 The parent (ProcessPlacer) records what was placed on git-annex's branch, as AnnexPlacer does.
 """
@@ -26,8 +25,9 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .content import AnnexPlacer, Fetched, Wanted, object_path
-from .register import RegistrationError
+from .gitannex import RegistrationError
+from .placement import AnnexPlacer, Fetched, object_path
+from .spool import Entry
 
 # fewer files than this are not worth starting processes for (about 0.2 s each)
 MIN_FILES_FOR_PROCESSES = 500
@@ -55,7 +55,7 @@ class _Helper:
 
     def __init__(self, header: dict) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xnat_init.fetchproc"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "xnat_init.update.helpers"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="surrogateescape")
         assert self.proc.stdin
         self.proc.stdin.write(json.dumps(header) + "\n")
@@ -81,7 +81,7 @@ class ProcessPlacer:
     `processes` helper processes of `threads` threads each."""
 
     def __init__(self, repo: Path, base_url: str, credential, processes: int,
-                 threads: int) -> None:
+                 threads: int, uuid: str) -> None:
         self.repo = repo
         self.processes = max(1, processes)
         self.threads = max(1, threads)
@@ -92,7 +92,7 @@ class ProcessPlacer:
                 "password": credential.password, "source": credential.source},
         }
         # record and discard are AnnexPlacer's, on the keys the helpers placed
-        self._recorder = AnnexPlacer(repo, lambda *args: None, 1)
+        self._recorder = AnnexPlacer(repo, lambda *args: None, 1, uuid)
 
     @property
     def placed(self) -> list[str]:
@@ -105,7 +105,7 @@ class ProcessPlacer:
     def discard(self) -> None:
         self._recorder.discard()
 
-    def fetch_all(self, wanted: Iterable[Wanted], *, record: bool = True,
+    def fetch_all(self, wanted: Iterable[Entry], *, record: bool = True,
                   stop: threading.Event | None = None) -> Iterator[Fetched]:
         """Like AnnexPlacer.fetch_all: one result per download, keys already present or
         wanted twice skipped, nothing new started once `stop` is set."""
@@ -113,7 +113,7 @@ class ProcessPlacer:
         halt = threading.Event()  # this call's own: the consumer stopped early
         helpers = [_Helper(self._header) for _ in range(self.processes)]
         lock = threading.Lock()
-        waiting: dict[str, Wanted] = {}
+        waiting: dict[str, Entry] = {}
         slots = threading.Semaphore(2 * self.threads * len(helpers))
         answers: queue.Queue = queue.Queue()
 
@@ -219,19 +219,19 @@ def main() -> int:
             sys.stdout.write(f"{key}\t{size}\t{int(present)}\t{error or ''}\n")
             sys.stdout.flush()
 
-    def report(item: Wanted, fetched: Fetched | None) -> None:
+    def report(item: Entry, fetched: Fetched | None) -> None:
         if fetched is None:
             answer(item.key, 0, True, None)  # present already (placed by someone else)
         else:
             answer(item.key, fetched.size, False, fetched.error)
 
-    def items() -> Iterator[Wanted]:
+    def items() -> Iterator[Entry]:
         for line in sys.stdin:
             key, _, url = line.rstrip("\n").partition("\t")
-            yield Wanted("", key, url)
+            yield Entry("", key, url)
 
     try:
-        AnnexPlacer(repo, download, threads).fetch_each(items(), report)
+        AnnexPlacer(repo, download, threads, uuid="").fetch_each(items(), report)
     except KeyboardInterrupt:
         return 130
     finally:

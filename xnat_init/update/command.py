@@ -1,0 +1,376 @@
+"""datalad xnat-update: register (and by default fetch) what the XNAT project holds.
+
+The run, top to bottom: read the instance's configuration, log in once, take a lock
+(`.git/xnat-update.lck`) so two updates of one dataset cannot interleave; then
+
+1. plan (plan.py): stream the server's files (the client lists subjects and experiments once,
+   then one `scans/ALL/files` per session, concurrently), render each file's path, compare it
+   with what its dataset tracks; stop before writing anything if a path was refused, two files
+   render to one path, or a path is used by a file that is not from XNAT; key the files
+   without an XNAT digest by downloading and hashing them once; find the files gone;
+2. write (write.py): create the new `//` subdatasets, then one commit per dataset, deepest
+   first, whose message summarises it;
+3. fetch (fetch.py), unless --reckless fast: the content of every listed file, verified. These
+   downloads start during step 1 and run beside step 2; what they placed is recorded after the
+   commit, or removed again if the run stops before it.
+
+An interrupted update leaves every dataset at its last complete commit; run it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from datalad.distribution.dataset import (
+    EnsureDataset,
+    datasetmethod,
+    require_dataset,
+)
+from datalad.interface.base import Interface, build_doc, eval_results
+from datalad.interface.results import get_status_dict
+from datalad.log import log_progress
+from datalad.support.constraints import EnsureChoice, EnsureInt, EnsureNone, EnsureStr
+from datalad.support.param import Parameter
+from datalad.utils import bytes2human
+
+from git_annex_remote_xnat.messages import one_line
+from git_annex_remote_xnat.urls import file_url
+
+from ..common import filter_params, resolve_credential
+from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
+from ..layout import LayoutError, PathFormat
+from .datasets import Hierarchy
+from .fetch import Fetcher, hash_contents
+from .gitannex import RegistrationError, current_branch, git_dir
+from .helpers import helper_processes
+from .plan import Counts, Plan, Planner, PlanOptions, Scope, UpdateAborted
+from .write import Writer
+
+lgr = logging.getLogger("datalad.xnat.update")
+ACTION = "xnat_update"
+
+
+@build_doc
+class XnatUpdate(Interface):
+    """Register the files of the tracked XNAT project, and fetch them unless --reckless fast.
+
+    Files with an XNAT digest become ``MD5E-s<size>--<md5><ext>`` keys with their ``xnat:`` URL,
+    registered without downloading; files without a digest are downloaded once and hashed, so
+    every key is verifiable. Files are placed by the pathfmt given to xnat-init. The update is
+    incremental: unchanged files cost nothing, new files are added, files whose digest changed on
+    the server follow --ifexists (default: overwrite), files gone from the server are reported
+    and only removed with --remove-gone. Each dataset gets one commit per update.
+    """
+
+    _params_ = dict(
+        dataset=Parameter(
+            args=("-d", "--dataset"), metavar="DATASET",
+            doc="dataset to update (default: the one at the current directory)",
+            constraints=EnsureDataset() | EnsureNone()),
+        force=Parameter(
+            args=("-f", "--force"), action="store_true",
+            doc="""re-register every file, also those that look unchanged (repairs URLs and
+            location records)"""),
+        reckless=Parameter(
+            args=("--reckless",), metavar="fast",
+            doc="'fast': register only, do not download content (get it later with datalad get)",
+            constraints=EnsureChoice(None, "fast")),
+        ifexists=Parameter(
+            args=("--ifexists",), metavar="overwrite|skip",
+            doc="""what to do with a file whose content changed on the server: 'overwrite'
+            (default) registers the new version, 'skip' keeps the old one""",
+            constraints=EnsureChoice(None, "overwrite", "skip")),
+        jobs=Parameter(
+            args=("-J", "--jobs"), metavar="NJOBS",
+            doc="parallel listings and downloads (default 8 listings, 4 downloads)",
+            constraints=EnsureInt() | EnsureNone()),
+        name=Parameter(
+            args=("--name",), metavar="NAME",
+            doc="the XNAT instance to update (as given to xnat-init --name)",
+            constraints=EnsureStr() | EnsureNone()),
+        remove_gone=Parameter(
+            args=("--remove-gone", "--drop-gone"), action="store_true",
+            doc="""remove files that are gone from the server (without this they are only
+            reported)"""),
+        **filter_params(for_update=True),
+    )
+
+    _examples_ = [
+        dict(text="Register everything without downloading",
+             code_cmd="datalad xnat-update --reckless fast"),
+        dict(text="Fetch one subject with 8 parallel downloads",
+             code_cmd="datalad xnat-update -s SUBJ01 -J 8"),
+    ]
+
+    @staticmethod
+    @datasetmethod(name="xnat_update")
+    @eval_results
+    def __call__(*, dataset=None, force=False, reckless=None, ifexists=None, jobs=None,
+                 name=None, remove_gone=False, project=None, subject=None, experiment=None,
+                 collection=None, credential=None):
+        ds = require_dataset(dataset, check_installed=True, purpose="update from XNAT")
+        name = name or DEFAULT_NAME
+        config = read_config(ds.pathobj, name)
+        if config is None:
+            yield get_status_dict(action=ACTION, ds=ds, status="impossible", logger=lgr,
+                                  message=f"XNAT instance '{name}' is not initialised in this "
+                                          "dataset; run `datalad xnat-init URL -p PROJECT` first")
+            return
+        options = UpdateOptions(
+            project=project or config.project, subject=subject or config.subject,
+            experiment=experiment or config.experiment,
+            collections=list(collection or config.collections),
+            credential=credential or config.credential, force=force,
+            fast=reckless == "fast", ifexists=ifexists or "overwrite",
+            jobs=jobs, remove_gone=remove_gone)
+        yield from Update(ds, config, options).run()
+
+
+@dataclass
+class UpdateOptions:
+    project: str
+    subject: str | None
+    experiment: str | None
+    collections: list[str]
+    credential: str
+    force: bool
+    fast: bool
+    ifexists: str
+    jobs: int | None
+    remove_gone: bool
+
+
+@dataclass
+class Fetched:
+    """What the fetch stage did."""
+
+    files: int = 0
+    bytes: int = 0
+    failed: int = 0
+
+
+def summary(counts: Counts, fetched: Fetched, failed: int) -> str:
+    parts = [f"{counts.added} added ({bytes2human(counts.bytes_added)})",
+             f"{counts.changed} changed ({bytes2human(counts.bytes_changed)})",
+             f"{counts.unchanged} unchanged"]
+    if counts.skipped:
+        parts.append(f"{counts.skipped} changed on the server but skipped")
+    parts.append(f"{counts.gone} gone from the server" +
+                 (f" ({counts.removed} removed)" if counts.removed else ""))
+    if fetched.files:
+        parts.append(f"{fetched.files} fetched ({bytes2human(fetched.bytes)})")
+    parts.append(f"{failed} failed")
+    return ", ".join(parts)
+
+
+class Update:
+    """One run of xnat-update on one dataset hierarchy."""
+
+    def __init__(self, ds, config: XnatConfig, options: UpdateOptions) -> None:
+        self.ds = ds
+        self.top = Path(ds.path)
+        self.config = config
+        self.options = options
+
+    def result(self, status: str, message, **kwargs) -> dict:
+        return get_status_dict(action=ACTION, ds=self.ds, status=status, message=message,
+                               logger=lgr, **kwargs)
+
+    def run(self) -> Iterator[dict]:
+        try:
+            fmt = PathFormat(self.config.pathfmt)
+        except LayoutError as exc:
+            yield self.result("error", f"pathfmt in {CONFIG_FILE}: {exc}")
+            return
+        try:
+            current_branch(self.top)
+        except RegistrationError as exc:
+            yield self.result("impossible", str(exc))
+            return
+        hierarchy = Hierarchy(self.ds, fmt)
+        fetch_processes = hierarchy.view("").settings.fetch_processes
+        try:
+            helper_processes(1, 0, fetch_processes)
+        except ValueError as exc:
+            yield self.result("error", str(exc))
+            return
+        resolved = resolve_credential(self.options.credential, self.config.url, str(self.top),
+                                      may_prompt=False)
+        if resolved.credential is None:
+            yield self.result("error", resolved.message)
+            return
+        import fasteners
+
+        lock_path = git_dir(self.top) / "xnat-update.lck"
+        lock = fasteners.InterProcessLock(str(lock_path))
+        if not lock.acquire(blocking=False):
+            yield self.result("impossible", "another xnat-update of this dataset is running "
+                              f"(lock {lock_path}); wait for it to finish")
+            return
+        from git_annex_remote_xnat.client import XnatClient, XnatError
+
+        client = XnatClient(self.config.url, resolved.credential, retries=3,
+                            pool_size=max(16, self.options.jobs or 0))
+        planner: Planner | None = None
+        try:
+            try:
+                client.login()
+            except XnatError as exc:
+                yield self.result("error", one_line(exc))
+                return
+            fetcher = None if self.options.fast else Fetcher(
+                client, self.config.url, self.config.remote, hierarchy.view(""),
+                self.options.jobs, fetch_processes)
+            planner = self.planner(client, hierarchy, fmt, fetcher)
+            try:
+                if fetcher is not None:
+                    fetcher.start()
+                try:
+                    plan = self.plan(client, planner)
+                except (UpdateAborted, XnatError) as exc:
+                    if fetcher is not None:
+                        fetcher.discard()
+                    for message in getattr(exc, "messages", None) or [one_line(exc)]:
+                        yield self.result("error", message)
+                    return
+                if fetcher is not None:
+                    fetcher.listed(plan)
+                yield from self.report_planned(plan)
+                commits = Writer(hierarchy, self.config).write(plan)
+            except BaseException as exc:
+                if fetcher is not None:
+                    fetcher.discard()
+                if not isinstance(exc, RegistrationError):
+                    raise
+                yield self.result("error", f"registration failed, datasets not updated: {exc}")
+                return
+            fetched = Fetched()
+            if fetcher is not None:
+                yield from self.fetch(fetcher, plan, hierarchy, fetched)
+            yield self.report(plan, fetched, commits)
+        finally:
+            client.close()
+            if planner is not None:
+                planner.close()
+            lock.release()
+
+    # ------------------------------------------------------------------------------- stages
+
+    def planner(self, client, hierarchy: Hierarchy, fmt: PathFormat,
+                fetcher: Fetcher | None) -> Planner:
+        options = self.options
+
+        def sessions() -> set[str]:
+            subjects = subject_ids() if options.subject else None
+            return {e.id for e in client.experiments(options.project)
+                    if (subjects is None or e.subject_id in subjects)
+                    and (not options.experiment or options.experiment in (e.id, e.label))}
+
+        def subject_ids() -> set[str]:
+            return {s.id for s in client.subjects(options.project)
+                    if not options.subject or options.subject in (s.id, s.label)}
+
+        scope = Scope(self.config.url, options.project, options.subject, options.experiment,
+                      options.collections, sessions, subject_ids)
+        plan_options = PlanOptions(force=options.force, skip_changed=options.ifexists == "skip",
+                                   fetch=not options.fast, remove_gone=options.remove_gone)
+        return Planner(hierarchy, fmt, plan_options, scope,
+                       on_top_wanted=fetcher.want if fetcher is not None else None)
+
+    def plan(self, client, planner: Planner) -> Plan:
+        """Stage 1: list the server and plan; UpdateAborted or XnatError stop the run."""
+        options = self.options
+        pid = f"xnat-update-list-{id(self)}"
+        log_progress(lgr.info, pid, "Listing files of XNAT project %s", options.project,
+                     label="Listing XNAT", unit=" files")
+        seen = 0
+        try:
+            for record in client.iter_files(options.project, subject=options.subject,
+                                            experiment=options.experiment,
+                                            resources=options.collections or None,
+                                            jobs=options.jobs or 8):
+                seen += 1
+                if seen % 200 == 0:
+                    log_progress(lgr.info, pid, "Listed %d files", seen, update=seen,
+                                 noninteractive_level=5)
+                planner.add(record, file_url(self.config.url, record))
+        finally:
+            log_progress(lgr.info, pid, "Listed %d files of XNAT project %s", seen,
+                         options.project)
+        planner.check()
+        unkeyed = planner.unkeyed()
+        if unkeyed:
+            pid = f"xnat-update-hash-{id(self)}"
+            log_progress(lgr.info, pid, "Hashing %d files without XNAT digest", len(unkeyed),
+                         label="Hashing", total=len(unkeyed), unit=" files")
+            for done, (item, md5, size, error) in enumerate(
+                    hash_contents(client, self.config.url, unkeyed, options.jobs), start=1):
+                if error:
+                    planner.unhashable(item, error)
+                else:
+                    planner.keyed(item, md5, size)
+                log_progress(lgr.info, pid, "Hashed %d", done, update=done,
+                             noninteractive_level=5)
+            log_progress(lgr.info, pid, "Hashed files without XNAT digest")
+        return planner.finish()
+
+    def fetch(self, fetcher: Fetcher, plan: Plan, hierarchy: Hierarchy,
+              fetched: Fetched) -> Iterator[dict]:
+        """Stage 3: the content; one error result per file that failed."""
+        total = plan.wanted
+        if not total:
+            fetcher.early.stop()
+            return
+        pid = f"xnat-update-get-{id(self)}"
+        log_progress(lgr.info, pid, "Downloading %d files", total, label="Downloading",
+                     total=total, unit=" files")
+        done = 0
+        try:
+            for outcome in fetcher.fetch(plan):
+                done += 1
+                log_progress(lgr.info, pid, "Downloaded %d", done, update=done,
+                             noninteractive_level=5)
+                if outcome.error is None:
+                    fetched.files += 1
+                    fetched.bytes += outcome.size
+                    continue
+                fetched.failed += 1
+                path = hierarchy.view(outcome.relpath).path / outcome.path
+                yield get_status_dict(action=ACTION, path=str(path), type="file",
+                                      status="error", logger=lgr,
+                                      message="download failed: " + one_line(outcome.error))
+        except RegistrationError as exc:
+            fetched.failed += 1
+            yield self.result("error", str(exc))
+        finally:
+            log_progress(lgr.info, pid, "Downloaded %d files", done)
+
+    # ------------------------------------------------------------------------------ reports
+
+    def report_planned(self, plan: Plan) -> Iterator[dict]:
+        for message in plan.failures:
+            yield self.result("error", message)
+        for change_set in plan.change_sets.values():
+            for path in change_set.gone:
+                yield get_status_dict(
+                    action=ACTION, path=str(change_set.view.path / path), type="file",
+                    logger=lgr, status="ok" if self.options.remove_gone else "notneeded",
+                    message="removed: gone from the server" if self.options.remove_gone
+                    else "gone from the server (kept; --remove-gone removes it)")
+
+    def report(self, plan: Plan, fetched: Fetched, commits: int) -> dict:
+        total = plan.totals
+        failed = len(plan.failures) + fetched.failed
+        # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
+        # summary is what users look for ("commits": 0 says nothing changed).
+        return self.result(
+            "error" if failed else "ok", f"{self.config.project}: "
+            + summary(total, fetched, failed),
+            type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
+            added=total.added, changed=total.changed, unchanged=total.unchanged,
+            skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,
+            bytes_added=total.bytes_added, bytes_changed=total.bytes_changed,
+            fetched=fetched.files, bytes_fetched=fetched.bytes, commits=commits)

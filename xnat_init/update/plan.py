@@ -1,0 +1,359 @@
+"""The plan: what each dataset gets from an update, decided before anything is written.
+
+Input: the server's file records (as the client lists them) and the datasets as they are
+(datasets.Hierarchy). Output: a Plan, one ChangeSet per dataset. Each file of the server is
+
+* refused (a path that would leave the dataset: the update stops before writing anything),
+* new, changed (other content than the dataset tracks), or unchanged: compared by 64-bit
+  fingerprints of path and symlink, so an unchanged file costs a hash and nothing else;
+  files to register (and, in the default mode, files whose content is wanted) go to the
+  dataset's spool on disk, not into Python objects, so memory stays flat;
+
+and each file a dataset tracks that the server no longer lists is *gone* when its xnat: URL
+is of this instance's server and inside its scope (Scope); it is removed only with
+--remove-gone. Counts are those of the change sets, summed where a total is shown.
+
+Files without an XNAT digest get their key from their content: the planner hands them out
+(unkeyed), the caller downloads and hashes them (fetch.hash_contents) and gives each key back
+(keyed), or says it failed (unhashable).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from git_annex_remote_xnat.keys import md5e_key
+from git_annex_remote_xnat.records import FileRecord
+from git_annex_remote_xnat.urls import parse_file_url
+
+from ..layout import (
+    CollisionTracker,
+    LayoutError,
+    PathFormat,
+    RenderedPath,
+    describe_collisions,
+)
+from .datasets import DatasetView, Hierarchy
+from .gitannex import key_urls, symlink_fingerprint, tracked_keys
+from .spool import Entry, EntrySpool
+
+MAX_LISTED_PROBLEMS = 20
+
+
+class UpdateAborted(Exception):
+    """Problems found before anything was written; each item is one result message."""
+
+    def __init__(self, messages: list[str]):
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+@dataclass
+class PlanOptions:
+    force: bool          # re-register files that look unchanged
+    skip_changed: bool   # --ifexists skip: keep the old version of a changed file
+    fetch: bool          # the default mode: the content of every listed file is wanted
+    remove_gone: bool
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    forced: int = 0      # re-registered although unchanged (--force); counted as unchanged too
+    gone: int = 0
+    removed: int = 0
+    bytes_added: int = 0
+    bytes_changed: int = 0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                         for f in fields(self)})
+
+
+@dataclass
+class ChangeSet:
+    """What one dataset gets: files to register, content wanted, files gone."""
+
+    view: DatasetView
+    entries: EntrySpool = field(default_factory=EntrySpool)
+    counts: Counts = field(default_factory=Counts)
+    gone: list[str] = field(default_factory=list)
+    remove_gone: bool = False
+
+    @property
+    def relpath(self) -> str:
+        return self.view.relpath
+
+    @property
+    def removals(self) -> list[str]:
+        return self.gone if self.remove_gone else []
+
+    def close(self) -> None:
+        self.entries.close()
+
+
+@dataclass
+class Plan:
+    """The change sets of every dataset touched (ancestors of a changed one included), and
+    the files that could not be planned (reported, the rest goes ahead)."""
+
+    change_sets: dict[str, ChangeSet]
+    failures: list[str]
+
+    @property
+    def totals(self) -> Counts:
+        total = Counts()
+        for change_set in self.change_sets.values():
+            total = total + change_set.counts
+        return total
+
+    @property
+    def wanted(self) -> int:
+        return sum(c.entries.wanted for c in self.change_sets.values())
+
+
+class Scope:
+    """Which registered xnat: URLs this update is responsible for: those of its server in its
+    project, subject, experiment and collections. `sessions` and `subjects` give the accession
+    IDs in scope (asked only when a tracked file is missing from the listing)."""
+
+    def __init__(self, base_url: str, project: str, subject: str | None,
+                 experiment: str | None, collections: list[str],
+                 sessions: Callable[[], set[str]], subjects: Callable[[], set[str]]) -> None:
+        self.base_url = base_url
+        self.project = project
+        self.subject = subject
+        self.experiment = experiment
+        self.collections = collections
+        self._sessions_of = sessions
+        self._subjects_of = subjects
+        self._sessions: set[str] | None = None
+        self._subjects: set[str] | None = None
+
+    def _in_sessions(self, session_id: str) -> bool:
+        if self._sessions is None:
+            self._sessions = self._sessions_of()
+        return session_id in self._sessions
+
+    def _in_subjects(self, subject_id: str) -> bool:
+        if self._subjects is None:
+            self._subjects = self._subjects_of()
+        return subject_id in self._subjects
+
+    def contains(self, url: str) -> bool:
+        location = parse_file_url(url, self.base_url)
+        if location is None:
+            return False
+        if self.collections and location.resource not in self.collections:
+            return False
+        if location.level in ("scan", "session"):
+            return self._in_sessions(location.session_id)
+        if location.project != self.project or self.experiment:
+            return False
+        if location.level == "subject":
+            return self._in_subjects(location.subject_id)
+        return not self.subject
+
+
+@dataclass
+class _Unkeyed:
+    """A file without an XNAT digest, waiting for its key."""
+
+    rendered: RenderedPath
+    url: str
+    record: FileRecord
+
+
+class Planner:
+    """Builds the Plan from the server's records, one at a time (see the module docstring)."""
+
+    def __init__(self, hierarchy: Hierarchy, fmt: PathFormat, options: PlanOptions,
+                 scope: Scope, on_top_wanted: Callable[[Entry], None] | None = None) -> None:
+        """`on_top_wanted` is told each file of the top dataset whose content is wanted, as
+        it is planned (the default mode's downloads start during the listing)."""
+        self.hierarchy = hierarchy
+        self.fmt = fmt
+        self.options = options
+        self.scope = scope
+        self.on_top_wanted = on_top_wanted
+        self.change_sets: dict[str, ChangeSet] = {}
+        self.failures: list[str] = []
+        self._collisions = CollisionTracker()
+        self._sources = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
+                                                    errors="surrogateescape", prefix="xnat-paths-")
+        self._refused: list[str] = []
+        self._refused_count = 0
+        self._conflicts: list[str] = []
+        self._unkeyed: list[_Unkeyed] = []
+        self._unseen_keys: dict[str, dict[str, str]] = {}
+
+    def change_set(self, relpath: str) -> ChangeSet:
+        found = self.change_sets.get(relpath)
+        if found is None:
+            for ancestor in self.hierarchy.ancestors(relpath):
+                self.change_set(ancestor)
+            found = self.change_sets[relpath] = ChangeSet(
+                self.hierarchy.view(relpath), remove_gone=self.options.remove_gone)
+        return found
+
+    # ------------------------------------------------------------------------------ listing
+
+    def add(self, record: FileRecord, url: str) -> None:
+        """One file the server lists, with its xnat: URL."""
+        try:
+            rendered = self.fmt.render(record)
+        except LayoutError as exc:
+            self._refused_count += 1
+            if len(self._refused) < MAX_LISTED_PROBLEMS:
+                self._refused.append(f"refused {url}: {exc}; rename it on the server or leave "
+                                     "it out with --collection")
+            return
+        fingerprint = self._collisions.add(rendered.path)
+        self._sources.write(f"{fingerprint}\t{rendered.path}\t{url}\n")
+        if record.md5 is None:
+            self._unkeyed.append(_Unkeyed(rendered, url, record))
+            return
+        self._consider(rendered, Entry(rendered.path_in_dataset,
+                                       md5e_key(record.size, record.md5, record.path), url),
+                       record.size)
+
+    def check(self) -> None:
+        """UpdateAborted if the listing found what stops the update before it writes: refused
+        paths, two files on one path, a path used by a file that is not from XNAT."""
+        problems = []
+        duplicates = self._collisions.duplicates()
+        if duplicates:
+            self._sources.seek(0)
+            clashing = []
+            for line in self._sources:
+                fingerprint, path, url = line.rstrip("\n").split("\t")
+                if int(fingerprint) in duplicates:
+                    clashing.append((path, url))
+            problems.append(describe_collisions(clashing))
+        self._sources.close()
+        problems += self._refused
+        if self._refused_count > len(self._refused):
+            problems.append(f"... and {self._refused_count - len(self._refused)} more refused "
+                            "paths")
+        if self._conflicts:
+            problems.append("these paths are already used by files that are not registered "
+                            "from XNAT: " + ", ".join(self._conflicts[:MAX_LISTED_PROBLEMS])
+                            + "; move them away or choose another --pathfmt")
+        if problems:
+            raise UpdateAborted(problems + ["nothing was changed"])
+
+    def _consider(self, rendered: RenderedPath, entry: Entry, size: int) -> None:
+        """Compare one file with what its dataset tracks, and plan what it needs."""
+        change_set = self.change_set(rendered.dataset)
+        tree, counts = change_set.view.tree, change_set.counts
+        index = tree.mark_seen(entry.path)
+        want = self.options.fetch
+        if index is not None:
+            old = tree.blobs[index]
+            if old == 0:
+                self._conflicts.append(rendered.path)
+                return
+            same = old == symlink_fingerprint(entry.key, entry.path)
+            if same and not self.options.force:
+                counts.unchanged += 1
+                self._plan(change_set, entry, register=False, want=want)
+                return
+            if not same and self.options.skip_changed:
+                counts.skipped += 1  # the dataset keeps the version the server no longer has
+                return
+            if same:
+                counts.unchanged += 1
+                counts.forced += 1
+            else:
+                counts.changed += 1
+                counts.bytes_changed += size
+        else:
+            counts.added += 1
+            counts.bytes_added += size
+        self._plan(change_set, entry, register=True, want=want)
+
+    def _plan(self, change_set: ChangeSet, entry: Entry, *, register: bool, want: bool) -> None:
+        change_set.entries.add(entry, register=register, want=want)
+        if want and not change_set.relpath and self.on_top_wanted is not None:
+            self.on_top_wanted(entry)
+
+    # ------------------------------------------------------------------- files without digest
+
+    def unkeyed(self) -> list[_Unkeyed]:
+        """The files without digest whose content must be hashed to key them.
+
+        A file the dataset already tracks with a key of the same size counts as unchanged:
+        without a digest the server cannot tell of a change of content, and hashing every such
+        file on every update would make each update cost what the first one did. --force
+        hashes them again.
+        """
+        remaining = []
+        for item in self._unkeyed:
+            inner = item.rendered.path_in_dataset
+            key = None if self.options.force else \
+                self._tracked_unseen(item.rendered.dataset).get(inner)
+            if not key or f"-s{item.record.size}--" not in key:
+                remaining.append(item)
+                continue
+            change_set = self.change_set(item.rendered.dataset)
+            change_set.view.tree.mark_seen(inner)
+            change_set.counts.unchanged += 1
+            self._plan(change_set, Entry(inner, key, item.url), register=False,
+                       want=self.options.fetch)
+        self._unkeyed = []
+        return remaining
+
+    def keyed(self, item: _Unkeyed, md5: str, size: int) -> None:
+        """The content of an unkeyed file was hashed."""
+        self._consider(item.rendered, Entry(item.rendered.path_in_dataset,
+                                            md5e_key(size, md5, item.record.path), item.url),
+                       size)
+
+    def unhashable(self, item: _Unkeyed, error: str) -> None:
+        """An unkeyed file could not be downloaded: reported; what the dataset has of it stays
+        and is not called gone."""
+        self.failures.append(f"could not hash {item.url} (the server has no digest for it): "
+                             f"{error}")
+        self.change_set(item.rendered.dataset).view.tree.mark_seen(
+            item.rendered.path_in_dataset)
+
+    # ------------------------------------------------------------------------------ the end
+
+    def _tracked_unseen(self, relpath: str) -> dict[str, str]:
+        """path -> key of the annexed files of a dataset that the listing did not mark seen
+        (read once per dataset: the second and last reading of its tree)."""
+        found = self._unseen_keys.get(relpath)
+        if found is None:
+            view = self.hierarchy.view(relpath)
+            unseen = view.tree.unseen() if view.exists and view.head else set()
+            found = self._unseen_keys[relpath] = dict(tracked_keys(view.path, view.head, unseen)) \
+                if unseen else {}
+        return found
+
+    def close(self) -> None:
+        """Remove the spools (the plan is carried out, or abandoned)."""
+        self._sources.close()
+        for change_set in self.change_sets.values():
+            change_set.close()
+
+    def finish(self) -> Plan:
+        """The plan, with the files gone from the server found."""
+        for relpath in list(self.change_sets):
+            change_set = self.change_sets[relpath]
+            tree = change_set.view.tree
+            candidates = [(path, key) for path, key in self._tracked_unseen(relpath).items()
+                          if not tree.is_seen(path)]
+            if not candidates:
+                continue
+            urls = key_urls(change_set.view.path, {key for _, key in candidates})
+            for path, key in candidates:
+                if any(self.scope.contains(url) for url in urls.get(key, [])):
+                    change_set.gone.append(path)
+                    change_set.counts.gone += 1
+                    change_set.counts.removed += self.options.remove_gone
+        return Plan(self.change_sets, self.failures)

@@ -1,0 +1,172 @@
+"""The write stage: new subdatasets, then one commit per dataset, deepest first.
+
+It carries out a Plan and decides nothing: each ChangeSet's registrations become keys and
+xnat: URLs on the dataset's git-annex branch and symlinks in one commit on its branch
+(gitannex.py); a subdataset's new commit is recorded in its superdataset's commit; a new
+subdataset gets the special remote and the instance's configuration, so `datalad get -r`
+works in a fresh clone. A dataset whose commit fails is left at its last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from datalad.log import log_progress
+
+from ..config import (
+    CONFIG_FILE,
+    XnatConfig,
+    config_file_content,
+    dataset_id,
+    provider_file_content,
+    provider_path,
+    read_config,
+)
+from ..init import ensure_special_remote, remote_uuid
+from .datasets import Hierarchy
+from .gitannex import RegistrationError, commit_tree_changes, register_keys
+from .plan import ChangeSet, Plan
+
+lgr = logging.getLogger("datalad.xnat.update")
+
+
+class Writer:
+    """Writes one Plan into the datasets of one hierarchy."""
+
+    def __init__(self, hierarchy: Hierarchy, config: XnatConfig) -> None:
+        self.hierarchy = hierarchy
+        self.config = config
+        self._subdatasets_updated: dict[str, int] = {}
+
+    def write(self, plan: Plan) -> int:
+        """Create the planned subdatasets that do not exist, then commit; returns the number
+        of commits made."""
+        change_sets = plan.change_sets
+        for change_set in sorted(change_sets.values(), key=lambda c: c.relpath.count("/")):
+            if not change_set.view.exists:
+                self._create_subdataset(change_set)
+        ordered = sorted(change_sets.values(),
+                         key=lambda c: -c.relpath.count("/") if c.relpath else 1)
+        total = sum(c.entries.registered for c in ordered)
+        pid = f"xnat-update-register-{id(self)}"
+        log_progress(lgr.info, pid, "Registering %d files", total, label="Registering",
+                     total=max(total, 1), unit=" files")
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            if done % 500 == 0:
+                log_progress(lgr.info, pid, "Registered %d", done, update=done,
+                             noninteractive_level=5)
+
+        commits = 0
+        try:
+            for change_set in ordered:
+                commits += self._commit(change_set, progress)
+            done = total  # progress counted distinct keys; files sharing content share one
+        finally:
+            log_progress(lgr.info, pid, "Registered %d files", done)
+        return commits
+
+    def _commit(self, change_set: ChangeSet, progress: Callable[[int], None]) -> int:
+        view = change_set.view
+        gitlinks = self._child_gitlinks(change_set)
+        extra = self._extra_files(change_set)
+        if not change_set.entries.registered and not change_set.removals and not gitlinks \
+                and not extra:
+            return 0
+        uuid = remote_uuid(view.path, self.config.remote) or \
+            ensure_special_remote(view.path, self.config)
+        if change_set.entries.registered:
+            register_keys(view.path, change_set.entries.sorted_keys(), uuid, self.config.remote,
+                          progress, method=view.settings.register_method)
+        new = commit_tree_changes(view.path, change_set.entries.registrations(),
+                                  change_set.removals, gitlinks, self._message(change_set), extra)
+        if not new:
+            return 0
+        view.head = new
+        if view.relpath:
+            parent = self.hierarchy.parent_of(view.relpath)
+            self._subdatasets_updated[parent] = self._subdatasets_updated.get(parent, 0) + 1
+        return 1
+
+    def _message(self, change_set: ChangeSet) -> str:
+        counts, view = change_set.counts, change_set.view
+        head = (f"[DATALAD] xnat-update: {counts.added} added, {counts.changed} changed, "
+                f"{len(change_set.removals)} removed")
+        updated = self._subdatasets_updated.get(view.relpath)
+        if updated:
+            head += f", {updated} subdatasets updated"
+        body = [f"From XNAT project {self.config.project} at {self.config.url} (instance "
+                f"'{self.config.name}', remote {self.config.remote})."]
+        if change_set.gone and not change_set.removals:
+            body.append(f"{len(change_set.gone)} files are gone from the server and were kept.")
+        if view.created:
+            body.append("Subdataset created by xnat-update.")
+        return head + "\n\n" + "\n".join(body) + "\n"
+
+    def _child_gitlinks(self, change_set: ChangeSet) -> dict[str, str]:
+        """Direct subdatasets whose HEAD differs from what `change_set`'s dataset records."""
+        recorded = change_set.view.tree.gitlinks
+        links = {}
+        for child in self.hierarchy.children(change_set.relpath):
+            inner = self.hierarchy.inner_path(child.relpath)
+            if child.head is not None and recorded.get(inner) != child.head:
+                links[inner] = child.head
+        return links
+
+    def _extra_files(self, change_set: ChangeSet) -> dict[str, bytes]:
+        """.gitmodules entries for subdatasets it does not record yet; configuration files for
+        a subdataset that lacks them (new, or created by an update that was interrupted)."""
+        view = change_set.view
+        extra: dict[str, bytes] = {}
+        unregistered = [(self.hierarchy.inner_path(child.relpath), dataset_id(child.path))
+                        for child in self.hierarchy.children(view.relpath)
+                        if child.exists
+                        and self.hierarchy.inner_path(child.relpath) not in view.tree.gitlinks]
+        if unregistered:
+            gitmodules = view.path / ".gitmodules"
+            content = gitmodules.read_bytes() if gitmodules.exists() else b""
+            extra[".gitmodules"] = _gitmodules_with(content, unregistered)
+        if view.relpath and (view.created or read_config(view.path, self.config.name) is None):
+            config_file = view.path / CONFIG_FILE
+            base = config_file.read_bytes() if config_file.exists() else None
+            extra[CONFIG_FILE] = config_file_content(base, self.config)
+            extra[provider_path(self.config.name)] = provider_file_content(self.config)
+        return extra
+
+    def _create_subdataset(self, change_set: ChangeSet) -> None:
+        """A new `//` subdataset: a DataLad dataset with the special remote already enabled."""
+        from datalad.api import create
+
+        view = change_set.view
+        results = create(path=str(view.path), result_renderer="disabled", result_xfm=None,
+                         return_type="list", on_failure="ignore")
+        failed = [r for r in results if r.get("status") not in ("ok", "notneeded")]
+        if failed or not (view.path / ".git").exists():
+            raise RegistrationError(f"could not create subdataset {view.relpath}: "
+                                    + "; ".join(str(r.get("message")) for r in failed))
+        ensure_special_remote(view.path, self.config)
+        view.exists = True
+        view.created = True
+        view.read()
+
+
+def _gitmodules_with(content: bytes, entries: list[tuple[str, str]]) -> bytes:
+    """.gitmodules content with a submodule entry per (path, datalad id), as DataLad writes it."""
+    with tempfile.TemporaryDirectory(prefix="xnat-gitmodules-") as scratch:
+        path = Path(scratch) / "gitmodules"
+        path.write_bytes(content)
+        for relpath, ident in entries:
+            for key, value in (("path", relpath), ("url", f"./{relpath}"),
+                               ("datalad-id", ident)):
+                if key == "datalad-id" and not value:
+                    continue
+                subprocess.run(["git", "config", "-f", str(path), f"submodule.{relpath}.{key}",
+                                value], check=True, capture_output=True)
+        return path.read_bytes()
