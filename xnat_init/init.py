@@ -47,6 +47,7 @@ from .config import (
     read_config,
 )
 from .layout import DEFAULT_PATHFMT, LayoutError, PathFormat
+from .specialremote import ensure_special_remote
 
 lgr = logging.getLogger("datalad.xnat.init")
 ACTION = "xnat_init"
@@ -299,31 +300,3 @@ def configure_dataset(dataset_path: Path, config: XnatConfig, reinit: bool = Fal
     provider = dataset_path / provider_path(config.name)
     provider.parent.mkdir(parents=True, exist_ok=True)
     provider.write_bytes(provider_file_content(config))
-
-
-def special_remote_params(config: XnatConfig) -> list[str]:
-    return ["type=external", "externaltype=xnat", f"url={config.url}",
-            f"credential={config.credential}", "encryption=none", "autoenable=true"]
-
-
-def remote_uuid(dataset_path: Path, name: str) -> str | None:
-    proc = subprocess.run(["git", "-C", str(dataset_path), "config", "--get",
-                           f"remote.{name}.annex-uuid"], capture_output=True, text=True)
-    return proc.stdout.strip() or None
-
-
-def ensure_special_remote(dataset_path: Path, config: XnatConfig) -> str:
-    """initremote (or enableremote with the new settings); returns the remote's UUID."""
-    name = config.remote
-    known = subprocess.run(["git", "-C", str(dataset_path), "annex", "info", "--fast", "--json",
-                            name], capture_output=True, text=True)
-    verb = "enableremote" if known.returncode == 0 and '"uuid"' in known.stdout else "initremote"
-    proc = subprocess.run(["git", "-C", str(dataset_path), "annex", verb, name,
-                           *special_remote_params(config)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"git annex {verb} {name} failed: {one_line(proc.stderr)} "
-                          "(is git-annex-remote-xnat on PATH?)")
-    uuid = remote_uuid(dataset_path, name)
-    if not uuid:
-        raise ConfigError(f"git annex {verb} {name} left no remote.{name}.annex-uuid")
-    return uuid

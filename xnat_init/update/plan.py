@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
-from git_annex_remote_xnat.keys import md5e_key
+from git_annex_remote_xnat.keys import key_size, md5e_key
 from git_annex_remote_xnat.records import FileRecord
 from git_annex_remote_xnat.urls import parse_file_url
 
@@ -297,7 +297,7 @@ class Planner:
             inner = item.rendered.path_in_dataset
             key = None if self.options.force else \
                 self._tracked_unseen(item.rendered.dataset).get(inner)
-            if not key or f"-s{item.record.size}--" not in key:
+            if not key or key_size(key) != item.record.size:
                 remaining.append(item)
                 continue
             change_set = self.change_set(item.rendered.dataset)

@@ -26,7 +26,7 @@ from ..config import (
     provider_path,
     read_config,
 )
-from ..init import ensure_special_remote, remote_uuid
+from ..specialremote import ensure_special_remote, remote_uuid
 from .datasets import Hierarchy
 from .gitannex import RegistrationError, commit_tree_changes, register_keys
 from .plan import ChangeSet, Plan
