@@ -13,7 +13,8 @@ Names and places follow DataLad, so users keep the credentials they already have
 Each field is taken from the first place that has it, so the datalad-next layout (user name in git
 config, secret in the keyring) works too. Nothing here ever prompts: the special remote has no
 terminal, and ``-J8`` would prompt eight times. ``keyring`` is imported only when env and git config
-do not already answer, because importing it and choosing a backend costs 0.3-0.7 s.
+do not already answer, because importing it and choosing a backend is slow, and the special
+remote starts once per `-J` job.
 """
 
 from __future__ import annotations

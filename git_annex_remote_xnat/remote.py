@@ -31,7 +31,7 @@ from .messages import one_line
 from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
 from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
 
-if TYPE_CHECKING:  # the real import is lazy: requests costs 0.2-0.3 s
+if TYPE_CHECKING:  # the real import is lazy: importing requests is a large part of a start
     from .client import XnatClient
 
 URL_PREFIX = "xnat:"

@@ -29,7 +29,7 @@ from .gitannex import RegistrationError
 from .placement import AnnexPlacer, Fetched, object_path
 from .spool import Entry
 
-# fewer files than this are not worth starting processes for (about 0.2 s each)
+# fewer files than this are not worth starting processes for (each costs a Python start-up)
 MIN_FILES_FOR_PROCESSES = 500
 THREADS_PER_PROCESS = 4
 

@@ -1,9 +1,8 @@
 """Fetch registered files' content straight into a dataset's annex, for xnat-update's default mode.
 
 Why not `git annex get -J N`: git-annex's own work per key (locking, the transfer log, moving and
-freezing the object, the location log) costs about 5.5 ms per key on 2 cores even from a local
-`directory` special remote, five times what parallel curl needs to fetch a 256 KiB file from
-XNAT. xnat-update already knows each file's key, URL and digest, so it can do exactly what
+freezing the object, the location log) costs several times what fetching a small file from XNAT
+does, even from a local `directory` special remote (benchmarks/RESULTS.md, section 3). xnat-update already knows each file's key, URL and digest, so it can do exactly what
 git-annex does for a locked file, in bulk:
 
 1. download with the shared XnatClient (several in flight), verified against the key's size and
