@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from datalad.distribution.dataset import EnsureDataset
 from datalad.support.constraints import EnsureNone, EnsureStr
 from datalad.support.param import Parameter
 
@@ -19,6 +20,14 @@ from git_annex_remote_xnat.credentials import (
 )
 
 lgr = logging.getLogger("datalad.xnat")
+
+
+def dataset_param(what: str) -> Parameter:
+    """-d/--dataset: the dataset a command works on (`what` it does to it)."""
+    return Parameter(
+        args=("-d", "--dataset"), metavar="DATASET",
+        doc=f"dataset to {what} (default: the one at the current directory)",
+        constraints=EnsureDataset() | EnsureNone())
 
 
 def filter_params(for_update: bool = False) -> dict[str, Parameter]:

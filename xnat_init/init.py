@@ -10,11 +10,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from datalad.distribution.dataset import (
-    EnsureDataset,
-    datasetmethod,
-    require_dataset,
-)
+from datalad.distribution.dataset import datasetmethod, require_dataset
 from datalad.interface.base import Interface, build_doc, eval_results
 from datalad.interface.results import get_status_dict
 from datalad.support.constraints import EnsureNone, EnsureStr
@@ -29,6 +25,7 @@ from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, normalize_base_url
 
 from .common import (
+    dataset_param,
     filter_params,
     force_ask_requested,
     is_terminal,
@@ -76,10 +73,7 @@ class XnatInit(Interface):
             args=("url",), metavar="URL",
             doc="XNAT server, e.g. https://xnat.example.org (with its context path if any)",
             constraints=EnsureStr()),
-        dataset=Parameter(
-            args=("-d", "--dataset"), metavar="DATASET",
-            doc="dataset to configure (default: the one at the current directory)",
-            constraints=EnsureDataset() | EnsureNone()),
+        dataset=dataset_param("configure"),
         pathfmt=Parameter(
             args=("-F", "--pathfmt"), metavar="PATHFMT",
             doc="""folders a file goes in, ending with '/'; the file's path inside its resource

@@ -24,11 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from datalad.distribution.dataset import (
-    EnsureDataset,
-    datasetmethod,
-    require_dataset,
-)
+from datalad.distribution.dataset import datasetmethod, require_dataset
 from datalad.interface.base import Interface, build_doc, eval_results
 from datalad.interface.results import get_status_dict
 from datalad.log import log_progress
@@ -39,7 +35,7 @@ from datalad.utils import bytes2human
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import file_url
 
-from ..common import filter_params, resolve_credential
+from ..common import dataset_param, filter_params, resolve_credential
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
 from ..layout import LayoutError, PathFormat
 from .datasets import Hierarchy
@@ -66,10 +62,7 @@ class XnatUpdate(Interface):
     """
 
     _params_ = dict(
-        dataset=Parameter(
-            args=("-d", "--dataset"), metavar="DATASET",
-            doc="dataset to update (default: the one at the current directory)",
-            constraints=EnsureDataset() | EnsureNone()),
+        dataset=dataset_param("update"),
         force=Parameter(
             args=("-f", "--force"), action="store_true",
             doc="""re-register every file, also those that look unchanged (repairs URLs and
