@@ -142,7 +142,7 @@ def run(ctx: Context, selected: set) -> Section:
         "curl authenticates each request with HTTP Basic from a config file (`-K`), so no secret "
         "is on its command line.",
         "`xnat-update` in default mode downloads with its own client and places each verified "
-        "file into the annex as git-annex would (xnat_init/content.py); `datalad get` goes "
+        "file into the annex as git-annex would (xnat_init/update/placement.py); `datalad get` goes "
         "through git-annex, whose own work per key (the floor row: a local directory remote, "
         "no network) bounds any special remote.",
     ]
