@@ -185,7 +185,7 @@ def test_anonymous_on_an_open_site(emulator_factory):
 
 def test_alias_token_works_as_user_and_password(xnat):
     with client_for(xnat) as client:
-        token = client._get_json("/data/services/tokens/issue")
+        token = client.session.get_json("/data/services/tokens/issue")
     with client_for(xnat, Credential("tok", token["alias"], token["secret"], "test")) as client:
         assert client.subjects("PUBLIC1")
 

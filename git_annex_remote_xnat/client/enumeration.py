@@ -1,0 +1,261 @@
+"""Every file of a project as FileRecords, with about one request per session.
+
+Walking XNAT resource by resource costs a request per scan and resource; a project of thousands
+of sessions would take hours. The strategy here asks for whole levels at once instead: one
+``scans/ALL/files`` listing per session, and XNAT's comma lists of IDs in a path
+(``/data/experiments/E1,E2,.../files``) for session and subject resources and scan types.
+Whether a server takes comma lists at a level is learnt from its first answer and remembered
+for the life of the client.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import quote, unquote
+
+from ..records import LEVELS, FileRecord
+from . import listings
+from .errors import AuthenticationError, NotFoundError, ServerUnreachableError, XnatError
+from .listings import Experiment, RemoteFile, Scan, uri_part
+from .session import Session
+
+# Comma lists of session or subject IDs per request for level-wide file listings.
+ID_BATCH = 50
+
+Rows = list[dict[str, Any]]
+
+
+class Enumeration:
+    """`iter_files` for one server; thread-safe (its memory is only ever filled in)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._resource_labels: dict[str, str] = {}
+        self._comma_support: dict[str, bool] = {}  # "prefix*suffix" -> server takes "ID1,ID2"
+
+    def iter_files(self, project: str, subject: str | None = None,
+                   experiment: str | None = None, resources: Iterable[str] | None = None,
+                   jobs: int = 8, scan_types: bool = True,
+                   levels: Iterable[str] = LEVELS) -> Iterator[FileRecord]:
+        """Every file of a project as FileRecords, in a deterministic order, with few requests.
+
+        Requests: the subjects and the experiments listing; per session one `scans/ALL/files`
+        listing (every scan's files at once); per ID_BATCH sessions one `scans` listing (scan
+        types) and one `files` listing (session resources), using XNAT's comma lists of IDs;
+        one project `files` listing; subject resources per ID_BATCH subjects, or per subject
+        when the server refuses comma lists there. A server that refuses a comma list gets one
+        request per ID instead. `jobs` requests run at a time; memory stays bounded.
+        `subject` and `experiment` match an ID or a label; `resources` keeps only those labels;
+        `levels` limits which of 'scan', 'session', 'subject', 'project' are listed.
+        """
+        session = self._session
+        wanted = set(resources) if resources else None
+        levels = set(levels)
+        quoted_project = quote(project, safe="")
+        subjects = {s.id: s for s in listings.subjects(session, project)}
+        if subject:
+            subjects = {sid: s for sid, s in subjects.items() if subject in (sid, s.label)}
+            if not subjects:
+                raise NotFoundError(f"project {project} has no subject {subject}")
+        sessions = [e for e in self._unique_experiments(project)
+                    if e.subject_id in subjects or (not e.subject_id and not subject)]
+        if experiment:
+            sessions = [e for e in sessions if experiment in (e.id, e.label)]
+            if not sessions:
+                raise NotFoundError(f"project {project} has no experiment {experiment}"
+                                    + (f" for subject {subject}" if subject else ""))
+
+        def keep(records: list[FileRecord]) -> list[FileRecord]:
+            return [r for r in records if wanted is None or r.resource in wanted]
+
+        tasks: list[Callable[[], list[FileRecord]]] = []
+        if "project" in levels and not subject and not experiment:
+            def project_task() -> list[FileRecord]:
+                return keep([FileRecord(project, "", "", "", "", "", "", "project",
+                                        *self._record_tail(f))
+                             for f in self._level_files(f"/data/projects/{quoted_project}")])
+            tasks.append(project_task)
+
+        if "subject" in levels and not experiment:
+            subject_prefix = f"/data/projects/{quoted_project}/subjects/"
+            aliases = {s.label: sid for sid, s in subjects.items()}
+
+            def subject_task(ids: list[str], rows: Rows | None) -> Callable[[], list[FileRecord]]:
+                def run() -> list[FileRecord]:
+                    found = self._files_by_owner(subject_prefix, ids, "subjects", aliases, rows)
+                    return keep([FileRecord(project, sid, subjects[sid].label, "", "", "", "",
+                                            "subject", *self._record_tail(f))
+                                 for sid in ids for f in found.get(sid, [])])
+                return run
+            tasks.extend(subject_task(ids, rows)
+                         for ids, rows in self._id_groups(subject_prefix, list(subjects)))
+
+        need_types = scan_types and "scan" in levels
+        session_ids = [e.id for e in sessions]
+        batches = [session_ids[i:i + ID_BATCH] for i in range(0, len(session_ids), ID_BATCH)]
+        batch_of = {eid: n for n, batch in enumerate(batches) for eid in batch}
+        batch_locks = [threading.Lock() for _ in batches]
+        batch_data: dict[int, tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]] = {}
+
+        def session_batch(n: int) -> tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]:
+            """Scan types and session-level files of a batch of sessions, fetched once."""
+            with batch_locks[n]:
+                if n not in batch_data:
+                    ids = batches[n]
+                    types = self._scan_types(ids) if need_types else {}
+                    own = (self._files_by_owner("/data/experiments/", ids, "experiments")
+                           if "session" in levels else {})
+                    batch_data[n] = (types, own)
+                return batch_data[n]
+
+        def session_task(exp: Experiment) -> Callable[[], list[FileRecord]]:
+            def run() -> list[FileRecord]:
+                types, own = session_batch(batch_of[exp.id])
+                subj = subjects.get(exp.subject_id)
+                head = (project, exp.subject_id, exp.subject_label or (subj.label if subj else ""),
+                        exp.id, exp.label)
+                records = []
+                if "scan" in levels:
+                    session_types = types.get(exp.id, {})
+                    for row in session.rows(f"/data/experiments/{quote(exp.id, safe='')}"
+                                            "/scans/ALL/files"):
+                        remote_file = RemoteFile.from_row(row)
+                        scan_id = unquote(uri_part(remote_file.uri, "scans"))
+                        records.append(FileRecord(*head, scan_id, session_types.get(scan_id, ""),
+                                                  "scan", *self._record_tail(remote_file)))
+                for remote_file in own.get(exp.id, []):
+                    records.append(FileRecord(*head, "", "", "session",
+                                              *self._record_tail(remote_file)))
+                return keep(records)
+            return run
+        tasks.extend(session_task(exp) for exp in sessions)
+
+        for records in _ordered_map(lambda task: task(), tasks, jobs):
+            yield from records
+
+    def _unique_experiments(self, project: str) -> list[Experiment]:
+        seen: dict[str, Experiment] = {}
+        for exp in listings.experiments(self._session, project):
+            seen.setdefault(exp.id, exp)
+        return list(seen.values())
+
+    def _record_tail(self, remote_file: RemoteFile) -> tuple[str, str, int, str | None]:
+        label = remote_file.resource or self._resource_label(remote_file)
+        return label, remote_file.path, remote_file.size or 0, remote_file.md5
+
+    def _resource_label(self, remote_file: RemoteFile) -> str:
+        """Label for a row without `collection`: one resources listing per level, cached."""
+        if remote_file.resource_id in self._resource_labels:
+            return self._resource_labels[remote_file.resource_id]
+        level = remote_file.uri.split("/resources/", 1)[0]
+        try:
+            for resource in listings.resources(self._session, level):
+                self._resource_labels[resource.id] = resource.label
+        except XnatError:
+            pass
+        return self._resource_labels.setdefault(remote_file.resource_id, remote_file.resource_id)
+
+    def _level_files(self, level_path: str) -> list[RemoteFile]:
+        try:
+            return listings.files(self._session, level_path)
+        except NotFoundError:
+            return []
+
+    def _comma_list(self, prefix: str, ids: list[str], suffix: str) -> Rows | None:
+        """Rows of `prefix` + "ID1,ID2,..." + `suffix`, or None when the server refuses the list.
+
+        XNAT accepts comma lists of experiment IDs in paths; whether a server also does for
+        other levels is learnt from the first answer and remembered.
+        """
+        key = prefix + "*" + suffix
+        if len(ids) < 2 or self._comma_support.get(key) is False:
+            return None
+        try:
+            rows = self._session.rows(prefix + ",".join(quote(i, safe="") for i in ids) + suffix)
+        except (AuthenticationError, ServerUnreachableError):
+            raise
+        except XnatError:
+            self._comma_support[key] = False
+            return None
+        self._comma_support[key] = True
+        return rows
+
+    def _id_groups(self, prefix: str, ids: list[str]) -> list[tuple[list[str], Rows | None]]:
+        """Batches of IDs for comma lists (single IDs once the server refused a list), each
+        with its `files` rows when they are known already.
+
+        The first batch is asked for here when the server's answer to comma lists is not known
+        yet, because the groups depend on it; its rows go with it instead of being fetched twice.
+        """
+        if not ids:
+            return []
+        first = ids[:ID_BATCH]
+        probed = None
+        if self._comma_support.get(prefix + "*/files") is None and len(ids) > 1:
+            probed = self._comma_list(prefix, first, "/files")
+        if not self._comma_support.get(prefix + "*/files"):
+            return [([i], None) for i in ids]
+        return [(first, probed)] + [(ids[i:i + ID_BATCH], None)
+                                    for i in range(ID_BATCH, len(ids), ID_BATCH)]
+
+    def _files_by_owner(self, prefix: str, ids: list[str], owner_kind: str,
+                        aliases: dict[str, str] | None = None,
+                        rows: Rows | None = None) -> dict[str, list[RemoteFile]]:
+        """Files of the own resources of several sessions or subjects, keyed by owner ID.
+
+        One comma-list request when the server takes it (the owner of each row is read from its
+        URI), else one request per ID; `rows`, when given, is that comma list's answer.
+        """
+        if rows is None:
+            rows = self._comma_list(prefix, ids, "/files")
+        if rows is None:
+            return {owner: self._level_files(prefix + quote(owner, safe="")) for owner in ids}
+        found: dict[str, list[RemoteFile]] = {}
+        for row in rows:
+            remote_file = RemoteFile.from_row(row)
+            owner = unquote(uri_part(remote_file.uri, owner_kind))
+            owner = (aliases or {}).get(owner, owner)  # a URI may name a subject by label
+            if owner in ids:
+                found.setdefault(owner, []).append(remote_file)
+        return found
+
+    def _scan_types(self, session_ids: list[str]) -> dict[str, dict[str, str]]:
+        """{session ID: {scan ID: type}}: one `scans` listing per batch, or per session."""
+        rows = self._comma_list("/data/experiments/", session_ids, "/scans")
+        types: dict[str, dict[str, str]] = {}
+        if rows is not None:
+            for row in rows:
+                scan = Scan.from_row(row)
+                owner = unquote(uri_part(scan.uri, "experiments"))
+                types.setdefault(owner, {})[scan.id] = scan.type
+            if all(owner in session_ids for owner in types):
+                return types
+            types = {}
+        for session_id in session_ids:
+            types[session_id] = {scan.id: scan.type
+                                 for scan in listings.scans(self._session, session_id)}
+        return types
+
+
+def _ordered_map(func: Callable[[Any], Any], items: list[Any], jobs: int) -> Iterator[Any]:
+    """Like executor.map, but with at most 2*jobs results in flight so memory stays flat."""
+    if jobs <= 1 or len(items) <= 1:
+        for item in items:
+            yield func(item)
+        return
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="xnat-list") as pool:
+        pending: deque[Future] = deque()
+        iterator = iter(items)
+        for item in iterator:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= 2 * jobs:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in iterator:
+                pending.append(pool.submit(func, item))
+                break
+            yield result

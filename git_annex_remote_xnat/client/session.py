@@ -1,0 +1,423 @@
+"""One logged-in conversation with one XNAT server, and the only place a request is sent.
+
+What it takes care of, so no other module has to:
+
+* one XNAT session (``POST /data/JSESSION``) reused for every request, renewed once when the
+  server answers 401 or its login page (idle expiry), deleted at `close()`. Basic auth is sent
+  only to log in, because every Basic-authenticated request creates a new server-side session
+  and XNAT caps them per account;
+* a non-browser User-Agent: a browser-like one makes XNAT answer with a 200 login page;
+* timeouts on every request; retries with exponential backoff (urllib3 `Retry`) on connection
+  errors, 429, 502, 503 and 504 for idempotent requests, honouring ``Retry-After``;
+* every failure as an `XnatError` of one line: HTTP status, the URL without secrets, what to do;
+* ``format=json`` listings decoded to their ``ResultSet.Result`` rows.
+
+The transport is one urllib3 pool manager owned here, not a `requests.Session`: a session's
+per-request cookie-jar merge and response cookie extraction cost as much CPU as fetching a file
+of a few hundred KiB, and downloads of many such files are the common case. The price is doing
+the little of requests' work this client needs by hand: the proxy and CA bundle from the
+environment (read once), and the cookies of the login answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import urllib.request
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Iterator
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as _TransportError
+from urllib3.exceptions import LocationValueError
+from urllib3.util.retry import Retry
+
+from .. import __version__
+from ..credentials import Credential, how_to_provide
+from .errors import (
+    AuthenticationError, NotFoundError, NotXnatError, PermissionDeniedError,
+    ServerUnreachableError, XnatError, is_login_page, login_page_error, safe_url,
+)
+
+USER_AGENT = f"git-annex-remote-xnat/{__version__}"
+DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (seconds between bytes)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
+CLOSE_TIMEOUT = (5.0, 10.0)  # ending the server session must not hold up an exit
+
+_H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
+
+
+class BodyBrokeOff(Exception):
+    """The connection failed while a body was being read (its str() names the failure)."""
+
+
+class _Retry(Retry):
+    """urllib3's Retry, with Retry-After capped so a confused server cannot stall us for hours."""
+
+    def get_retry_after(self, response):  # type: ignore[override]
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, MAX_RETRY_AFTER)
+
+
+def _retry_policy(retries: int, backoff_factor: float) -> Retry:
+    # Few connect and read retries: a refused connection or a hung server should fail within
+    # seconds, not minutes; overload answers (429/5xx) get the full count.
+    return _Retry(
+        total=retries, connect=min(retries, 3), read=min(retries, 2), status=retries, other=0,
+        backoff_factor=backoff_factor, backoff_max=10,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "HEAD", "OPTIONS", "DELETE"}),
+        respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
+    )
+
+
+def _pool_manager(base_url: str, pool_size: int) -> urllib3.PoolManager:
+    """Connection pools for `base_url` with the proxy and CA bundle the environment names.
+
+    Read once here, as requests would on every request: ``http(s)_proxy``/``no_proxy`` (user
+    and password in a proxy URL become Proxy-Authorization), ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` (a file or a directory), else certifi's bundle when it is installed.
+    """
+    tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if not bundle:
+        try:
+            import certifi
+            bundle = certifi.where()
+        except ImportError:  # the system's default trust store then
+            bundle = None
+    if bundle:
+        tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+    pools = {"num_pools": 4, "maxsize": pool_size, **tls}
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return urllib3.PoolManager(**pools)
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    proxy_parts = urlsplit(proxy)
+    if proxy_parts.scheme.startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as with requests
+        return SOCKSProxyManager(proxy, **pools)
+    headers = None
+    if proxy_parts.username is not None:
+        user = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
+        headers = urllib3.util.make_headers(proxy_basic_auth=user)
+    return urllib3.ProxyManager(safe_url(proxy), proxy_headers=headers, **pools)
+
+
+def _timeout(seconds: tuple[float, float]) -> urllib3.Timeout:
+    return urllib3.Timeout(connect=seconds[0], read=seconds[1])
+
+
+def _transport_error(exc: Exception, method: str, url: str) -> XnatError:
+    """urllib3's exception for "no HTTP answer", as the one-line error to show."""
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(exc, LocationValueError):
+        return XnatError(f"{method} {safe_url(url)} failed ({exc.__class__.__name__}); check "
+                         "the server URL", None, url)
+    if isinstance(reason, urllib3.exceptions.SSLError):
+        return ServerUnreachableError(
+            f"TLS error for {method} {safe_url(url)}: {reason.__class__.__name__}; check the "
+            "certificate or REQUESTS_CA_BUNDLE", None, url)
+    return ServerUnreachableError(
+        f"cannot reach {safe_url(url)} ({reason.__class__.__name__}, retried); check the "
+        "server URL and the network, then try again", None, url)
+
+
+class Answer:
+    """One HTTP answer: status, headers and body, without urllib3 showing through.
+
+    A streamed answer (a file) leaves its body on the connection for `chunks()`; any other
+    answer arrives read. `close()` gives the connection back, or drops it when a streamed body
+    was left unread (its rest would be read as the next answer).
+    """
+
+    __slots__ = ("status", "reason", "headers", "url", "_raw", "_streamed")
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, streamed: bool) -> None:
+        self.status: int = raw.status
+        self.reason: str = raw.reason or ""
+        self.headers = raw.headers  # case-insensitive
+        self.url = url
+        self._raw = raw
+        self._streamed = streamed
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+    @property
+    def head(self) -> bytes:
+        """The body if it has been read already, else nothing (never blocks on the network)."""
+        return b"" if self._streamed else (self._raw.data or b"")
+
+    @property
+    def content(self) -> bytes:
+        """The whole body (read now for a streamed answer; b"" if the connection fails)."""
+        if not self._streamed:
+            return self._raw.data or b""
+        try:
+            return self._raw.read()
+        except _TransportError:
+            return b""
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The body in pieces of up to `size` bytes; BodyBrokeOff when the connection fails."""
+        try:
+            yield from self._raw.stream(size, decode_content=True)
+        except _TransportError as exc:
+            raise BodyBrokeOff(exc.__class__.__name__) from exc
+
+    def close(self) -> None:
+        self._raw.close()         # a body read to its end already gave the connection back
+        self._raw.release_conn()  # an unfinished one: its closed connection frees a pool slot
+
+    def __enter__(self) -> "Answer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Session:
+    """A logged-in conversation with one XNAT server; thread-safe.
+
+    `credential` None or anonymous means no authentication (an open site's guest account).
+    Login happens on the first request (or an explicit `login()`), so creating one is free.
+    """
+
+    def __init__(self, base_url: str, credential: Credential | None = None, *,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, retries: int = 5,
+                 backoff_factor: float = 0.3, pool_size: int = 16) -> None:
+        parts = urlsplit(base_url.strip())
+        path = parts.path.rstrip("/")
+        if path.endswith("/data"):
+            path = path[: -len("/data")]
+        self.base_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        self.credential = credential
+        self.retries = retries
+        self.backoff_factor = backoff_factor
+        self._timeout = _timeout(timeout)
+        self._retry = _retry_policy(retries, backoff_factor)
+        self._pools = _pool_manager(self.base_url, pool_size)
+        self._lock = threading.Lock()
+        self._generation = 0   # bumped by every login; a 401 renews only the session it saw
+        self._logged_in = False
+        self._cookie = ""      # the Cookie header: what the login answer set, nothing else
+
+    @property
+    def anonymous(self) -> bool:
+        return self.credential is None or self.credential.anonymous
+
+    def url(self, rest_path: str) -> str:
+        """The absolute URL of a REST path ("/data/..." or an absolute URL as is)."""
+        if rest_path.startswith(("http://", "https://")):
+            return rest_path
+        if not rest_path.startswith("/"):
+            rest_path = "/" + rest_path
+        if not rest_path.startswith("/data/") and rest_path != "/data":
+            rest_path = "/data" + rest_path
+        return self.base_url + rest_path
+
+    # ---------------------------------------------------------------- session lifecycle
+
+    def login(self) -> None:
+        """POST /data/JSESSION once; AuthenticationError, NotXnatError or ServerUnreachableError."""
+        with self._lock:
+            if not self._logged_in:
+                self._login_locked()
+
+    def _login_locked(self) -> None:
+        self._cookie = ""
+        url = self.url("/data/JSESSION")
+        headers = {}
+        if not self.anonymous:
+            headers = urllib3.util.make_headers(
+                basic_auth=f"{self.credential.user}:{self.credential.password}")
+        # urllib3 retries only idempotent methods; logging in again is harmless (at worst an
+        # extra server session that idles out), so 429/5xx answers to it are retried here.
+        for attempt in range(self.retries + 1):
+            answer = self._send("POST", url, headers=headers)
+            if answer.status not in RETRY_STATUSES or attempt == self.retries:
+                break
+            answer.close()
+            time.sleep(min(self.backoff_factor * 2 ** attempt, 10))
+        with answer:
+            if answer.status == 404:
+                raise NotXnatError(
+                    f"HTTP 404 for POST {url}: no XNAT REST API there; check the server URL "
+                    "(include the context path, e.g. https://host/xnat)", 404, url)
+            self._check(answer, "POST", url)
+            session_id = answer.content[:4096].decode("ascii", "replace").strip()
+            if not session_id or len(session_id) > 256 or any(c.isspace() for c in session_id):
+                raise NotXnatError(f"POST {url} did not answer with an XNAT session id; "
+                                   "check that the URL is an XNAT server", answer.status, url)
+            cookies = _set_cookies(answer.headers.getlist("Set-Cookie"))
+        cookies.setdefault("JSESSIONID", session_id)
+        # Only the login answer's cookies are kept: the Set-Cookie of a later answer (a 401's
+        # fresh anonymous session, say) could otherwise replace a session another thread has
+        # just renewed.
+        self._cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        self._generation += 1
+        self._logged_in = True
+
+    def close(self) -> None:
+        """End the server session (DELETE /data/JSESSION, errors ignored) and the HTTP pools."""
+        with self._lock:
+            if self._logged_in:
+                self._logged_in = False
+                try:
+                    self._send("DELETE", self.url("/data/JSESSION"), timeout=CLOSE_TIMEOUT).close()
+                except XnatError:
+                    pass
+            self._pools.clear()
+
+    def _renew(self, generation: int) -> None:
+        with self._lock:
+            if self._generation == generation:  # nobody renewed it since this request started
+                self._login_locked()
+
+    # ---------------------------------------------------------------- requests
+
+    def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+              stream: bool = False, timeout: tuple[float, float] | None = None) -> Answer:
+        """Every request of the client goes out here; "no HTTP answer" becomes an XnatError.
+
+        A streamed GET (a file) asks for the body as stored, so Content-Length and the MD5
+        are the file's; listings accept compression.
+        """
+        sent = {"User-Agent": USER_AGENT, "Accept": "*/*",
+                "Accept-Encoding": "identity" if stream else "gzip, deflate"}
+        if self._cookie:
+            sent["Cookie"] = self._cookie
+        if headers:
+            sent.update(headers)
+        try:
+            raw = self._pools.urlopen(
+                method, url, headers=sent, retries=self._retry, redirect=True,
+                timeout=self._timeout if timeout is None else _timeout(timeout),
+                preload_content=not stream, decode_content=True)
+        except _TransportError as exc:
+            raise _transport_error(exc, method, url) from exc
+        return Answer(raw, url, stream)
+
+    def request(self, method: str, rest_path: str, *, params: dict[str, str] | None = None,
+                stream: bool = False) -> Answer:
+        """A 2xx or 3xx answer to `method` `rest_path`, logged in; else the XnatError it means.
+
+        A 401, or a login page where data was asked for, renews the XNAT session once and sends
+        again. `stream` leaves the body unread for `Answer.chunks` (a GET of a file). The
+        caller closes the answer.
+        """
+        if not self._logged_in:
+            self.login()
+        url = self.url(rest_path)
+        if params:
+            url += "?" + urlencode(params)
+        for attempt in range(2):
+            generation = self._generation
+            answer = self._send(method, url, stream=stream)
+            if attempt == 1 or not (answer.status == 401 or self._is_login_page(answer)):
+                break
+            answer.close()
+            self._renew(generation)
+        try:
+            self._check(answer, method, url)
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    def get_json(self, rest_path: str, params: dict[str, str] | None = None) -> Any:
+        """The decoded ``format=json`` answer of a GET."""
+        with self.request("GET", rest_path, params={"format": "json", **(params or {})}) as answer:
+            try:
+                return json.loads(answer.content)
+            except ValueError as exc:
+                raise NotXnatError(f"GET {safe_url(answer.url)} did not answer JSON; check that "
+                                   "the URL is an XNAT server", answer.status, answer.url) from exc
+
+    def rows(self, rest_path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The rows of an XNAT listing (``ResultSet.Result``); XNAT sends every value as text."""
+        data = self.get_json(rest_path, params)
+        try:
+            rows = data["ResultSet"]["Result"]
+        except (KeyError, TypeError) as exc:
+            raise NotXnatError(f"GET {safe_url(self.url(rest_path))} is not an XNAT listing "
+                               "(no ResultSet.Result)") from exc
+        return [row for row in rows if isinstance(row, dict)]
+
+    # ---------------------------------------------------------------- errors
+
+    @staticmethod
+    def _is_login_page(answer: Answer) -> bool:
+        return (200 <= answer.status < 300 and is_login_page(
+            answer.header("Content-Type"), urlsplit(answer.url).path, answer.head))
+
+    def _check(self, answer: Answer, method: str, url: str) -> None:
+        """Raise what an error status, or a login page where data was asked for, means."""
+        if answer.status >= 400:
+            raise self._status_error(answer, method, url)
+        if self._is_login_page(answer):
+            raise login_page_error(answer.status, method, url, self.auth_hint())
+
+    def auth_hint(self) -> str:
+        """How to make the server accept us: which credential to fix, or to provide one."""
+        if self.anonymous:
+            return "this site needs a login: " + how_to_provide(
+                urlsplit(self.base_url).hostname or "NAME") + ", and use it instead of anonymous"
+        cred = self.credential
+        return (f"check user '{cred.user}' and the password or token of credential '{cred.name}' "
+                f"(from {cred.source or 'unknown'}); " + how_to_provide(cred.name))
+
+    def _status_error(self, answer: Answer, method: str, url: str) -> XnatError:
+        status = answer.status
+        user = "anonymous" if self.anonymous else f"user '{self.credential.user}'"
+        if status == 401:
+            who = "anonymous access" if self.anonymous else user
+            return AuthenticationError(
+                f"HTTP 401 Unauthorized for {safe_url(url)}: the server refused {who}; "
+                + self.auth_hint(), 401, url)
+        detail = ""
+        if method != "HEAD":  # the body is only decoration for the message
+            match = _H3.search(answer.content[:4096].decode("utf-8", "replace"))
+            detail = f" ({match.group(1).strip()})" if match else ""
+        where = f"{method} {safe_url(url)}"
+        if status == 403:
+            return PermissionDeniedError(
+                f"HTTP 403 Forbidden for {where}{detail}: {user} may not read this; ask the "
+                "project owner for access", status, url)
+        if status == 404:
+            return NotFoundError(
+                f"HTTP 404 Not Found for {where}{detail}: it does not exist or {user} cannot see "
+                "it (XNAT answers 404 for private projects); check the IDs and access", status, url)
+        if status in RETRY_STATUSES:
+            return XnatError(
+                f"HTTP {status} {answer.reason} for {where}{detail} (retried {self.retries} "
+                "times): the server is overloaded or down; try again later", status, url)
+        if status >= 500:
+            return XnatError(
+                f"HTTP {status} {answer.reason} for {where}{detail}: the server failed; try "
+                "again later, or ask the XNAT administrators if it persists", status, url)
+        return XnatError(f"HTTP {status} {answer.reason} for {where}{detail}", status, url)
+
+
+def _set_cookies(headers: list[str]) -> dict[str, str]:
+    """name -> value of Set-Cookie headers, values as sent (quotes kept); unparsable ones skipped."""
+    cookies: dict[str, str] = {}
+    for header in headers:
+        jar = SimpleCookie()
+        try:
+            jar.load(header)
+        except CookieError:
+            continue
+        for name, morsel in jar.items():
+            if morsel["max-age"] != "0":
+                cookies[name] = morsel.coded_value
+    return cookies
