@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import quote
 
+from .app import App
 from .content import BytesBlob
 from .counters import Counters
 from .faults import Faults
 from .model import Experiment, FileEntry, Resource, Subject
 from .presets import build
 from .presets.common import ADMINS, USERS
-from .server import App, make_server
+from .server import make_server
 
 
 def _now_str() -> str:
