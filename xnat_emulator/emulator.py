@@ -217,27 +217,25 @@ class Emulator:
             owner.add_resource(r)
         return r
 
-    def _experiment(self, token: str, project: str | None) -> Experiment:
-        e = self.site.experiments.get(token)
-        if e is None:
-            for x in list(self.site.experiments.values()):
-                if (project is None or project in x.labels) and token in x.labels.values():
-                    e = x
+    @staticmethod
+    def _find(pool: dict, token: str, project: str | None, what: str):
+        """The entity of `pool` (by ID) whose ID is `token`, else the first whose label is,
+        in `project` when given; KeyError naming `what` when none."""
+        x = pool.get(token)
+        if x is None:
+            for y in list(pool.values()):
+                if (project is None or project in y.labels) and token in y.labels.values():
+                    x = y
                     break
-        if e is None:
-            raise KeyError(f"no experiment {token}")
-        return e
+        if x is None:
+            raise KeyError(f"no {what} {token}")
+        return x
+
+    def _experiment(self, token: str, project: str | None) -> Experiment:
+        return self._find(self.site.experiments, token, project, "experiment")
 
     def _subject(self, token: str, project: str | None) -> Subject:
-        s = self.site.subjects.get(token)
-        if s is None:
-            for x in list(self.site.subjects.values()):
-                if (project is None or project in x.labels) and token in x.labels.values():
-                    s = x
-                    break
-        if s is None:
-            raise KeyError(f"no subject {token}")
-        return s
+        return self._find(self.site.subjects, token, project, "subject")
 
     @staticmethod
     def _entry(path: str, content: bytes, digest) -> FileEntry:

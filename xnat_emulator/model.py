@@ -244,7 +244,32 @@ class Resource:
                 raise KeyError(path)
 
 
-class Project:
+class _ResourceOwner:
+    """What holds resources (project, subject, scan, experiment): `resources` and adding one."""
+
+    resources: list[Resource]
+
+    def add_resource(self, res: Resource) -> Resource:
+        res.owner = self
+        self.resources.append(res)
+        return res
+
+
+class _Shared(_ResourceOwner):
+    """A subject or experiment: one label per project it is in, its own project's first."""
+
+    project: "Project"
+    labels: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return self.labels[self.project.id]
+
+    def label_in(self, pid: str) -> str:
+        return self.labels.get(pid, self.label)
+
+
+class Project(_ResourceOwner):
     def __init__(self, pid: str, *, name: str = "", description: str = "",
                  accessibility: str = "public", pi_firstname: str = "", pi_lastname: str = "",
                  secondary_id: str = "", aliases: tuple[str, ...] = (),
@@ -263,13 +288,8 @@ class Project:
         self.subjects: list[Subject] = []          # primary subjects and shared ones, in order
         self.experiments: list[Experiment] = []    # primary and shared subject assessors
 
-    def add_resource(self, res: Resource) -> Resource:
-        res.owner = self
-        self.resources.append(res)
-        return res
 
-
-class Subject:
+class Subject(_Shared):
     def __init__(self, sid: str, project: Project, label: str, *, insert_date: str = "",
                  insert_user: str = "admin", gender: str = "", yob: str = "") -> None:
         self.id = sid
@@ -282,20 +302,8 @@ class Subject:
         self.resources: list[Resource] = []
         self.experiments: list[Experiment] = []
 
-    @property
-    def label(self) -> str:
-        return self.labels[self.project.id]
 
-    def label_in(self, pid: str) -> str:
-        return self.labels.get(pid, self.label)
-
-    def add_resource(self, res: Resource) -> Resource:
-        res.owner = self
-        self.resources.append(res)
-        return res
-
-
-class Scan:
+class Scan(_ResourceOwner):
     def __init__(self, scan_id: str, session: "Experiment", xnat_id: int, *, type: str = "",
                  series_description: str = "", quality: str = "usable", note: str = "",
                  xsi_type: str = "xnat:mrScanData", uid: str = "", frames: int = 0) -> None:
@@ -311,13 +319,8 @@ class Scan:
         self.frames = frames
         self.resources: list[Resource] = []
 
-    def add_resource(self, res: Resource) -> Resource:
-        res.owner = self
-        self.resources.append(res)
-        return res
 
-
-class Experiment:
+class Experiment(_Shared):
     """An imaging session (subject assessor) or an image assessor (kind == "assessor")."""
 
     def __init__(self, eid: str, subject: Subject, project: Project, label: str, *,
@@ -348,20 +351,8 @@ class Experiment:
         self.assessors: list[Experiment] = []
 
     @property
-    def label(self) -> str:
-        return self.labels[self.project.id]
-
-    def label_in(self, pid: str) -> str:
-        return self.labels.get(pid, self.label)
-
-    @property
     def is_assessor(self) -> bool:
         return self.kind == "assessor"
-
-    def add_resource(self, res: Resource) -> Resource:
-        res.owner = self
-        self.resources.append(res)
-        return res
 
     def scan(self, scan_id: str) -> Scan | None:
         for sc in self.scans:
