@@ -19,7 +19,7 @@ from ..credentials import Credential
 from ..records import LEVELS, FileRecord
 from . import listings
 from .download import CHUNK_SIZE, FileStatus, download, file_status
-from .enumeration import ID_BATCH, Enumeration
+from .enumeration import ID_BATCH, Enumeration, Walk
 from .errors import (
     AuthenticationError, DownloadError, NotFoundError, NotXnatError, PermissionDeniedError,
     ServerUnreachableError, XnatError, safe_url,
@@ -33,6 +33,7 @@ __all__ = [
     "NotXnatError", "ServerUnreachableError", "DownloadError", "safe_url",
     "Project", "Subject", "Experiment", "Scan", "Resource", "RemoteFile", "FileStatus",
     "FileRecord", "USER_AGENT", "DEFAULT_TIMEOUT", "CHUNK_SIZE", "ID_BATCH",
+    "Walk",
 ]
 
 
@@ -112,12 +113,12 @@ class XnatClient:
 
     def iter_files(self, project: str, subject: str | None = None, experiment: str | None = None,
                    resources: Iterable[str] | None = None, jobs: int = 8,
-                   scan_types: bool = True,
-                   levels: Iterable[str] = LEVELS) -> Iterator[FileRecord]:
+                   scan_types: bool = True, levels: Iterable[str] = LEVELS,
+                   walk: Walk | None = None) -> Iterator[FileRecord]:
         """Every file of a project as FileRecords, in a deterministic order, with few requests
-        (see `Enumeration.iter_files`)."""
+        (see `Enumeration.iter_files`); `walk` is told the subjects and sessions walked."""
         return self._enumeration.iter_files(project, subject, experiment, resources, jobs,
-                                            scan_types, levels)
+                                            scan_types, levels, walk)
 
     # ---------------------------------------------------------------- files
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -28,6 +29,18 @@ ID_BATCH = 50
 Rows = list[dict[str, Any]]
 
 
+@dataclass
+class Walk:
+    """What an enumeration walked: the accession IDs of the subjects and sessions it listed the
+    files of (after the subject and experiment filters). Filled before the first record.
+
+    A caller that compares a listing with what it tracked earlier needs it: a tracked file of a
+    walked session that the listing did not name is gone from the server."""
+
+    subjects: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+
+
 class Enumeration:
     """`iter_files` for one server; thread-safe (its memory is only ever filled in)."""
 
@@ -39,7 +52,7 @@ class Enumeration:
     def iter_files(self, project: str, subject: str | None = None,
                    experiment: str | None = None, resources: Iterable[str] | None = None,
                    jobs: int = 8, scan_types: bool = True,
-                   levels: Iterable[str] = LEVELS) -> Iterator[FileRecord]:
+                   levels: Iterable[str] = LEVELS, walk: Walk | None = None) -> Iterator[FileRecord]:
         """Every file of a project as FileRecords, in a deterministic order, with few requests.
 
         Requests: the subjects and the experiments listing; per session one `scans/ALL/files`
@@ -49,7 +62,8 @@ class Enumeration:
         when the server refuses comma lists there. A server that refuses a comma list gets one
         request per ID instead. `jobs` requests run at a time; memory stays bounded.
         `subject` and `experiment` match an ID or a label; `resources` keeps only those labels;
-        `levels` limits which of 'scan', 'session', 'subject', 'project' are listed.
+        `levels` limits which of 'scan', 'session', 'subject', 'project' are listed; `walk`,
+        when given, is told the subjects and sessions walked.
         """
         session = self._session
         wanted = set(resources) if resources else None
@@ -67,6 +81,10 @@ class Enumeration:
             if not sessions:
                 raise NotFoundError(f"project {project} has no experiment {experiment}"
                                     + (f" for subject {subject}" if subject else ""))
+
+        if walk is not None:
+            walk.subjects.update(subjects)
+            walk.sessions.update(e.id for e in sessions)
 
         def keep(records: list[FileRecord]) -> list[FileRecord]:
             return [r for r in records if wanted is None or r.resource in wanted]

@@ -42,6 +42,8 @@ from .datasets import Hierarchy
 from .fetch import Fetcher, hash_contents
 from .gitannex import RegistrationError, current_branch, git_dir
 from .helpers import helper_processes
+from git_annex_remote_xnat.client import Walk
+
 from .plan import Counts, Plan, Planner, PlanOptions, Scope, UpdateAborted
 from .write import Writer
 
@@ -255,19 +257,8 @@ class Update:
     def planner(self, client, hierarchy: Hierarchy, fmt: PathFormat,
                 fetcher: Fetcher | None) -> Planner:
         options = self.options
-
-        def sessions() -> set[str]:
-            subjects = subject_ids() if options.subject else None
-            return {e.id for e in client.experiments(options.project)
-                    if (subjects is None or e.subject_id in subjects)
-                    and (not options.experiment or options.experiment in (e.id, e.label))}
-
-        def subject_ids() -> set[str]:
-            return {s.id for s in client.subjects(options.project)
-                    if not options.subject or options.subject in (s.id, s.label)}
-
         scope = Scope(self.config.url, options.project, options.subject, options.experiment,
-                      options.collections, sessions, subject_ids)
+                      options.collections, Walk())
         plan_options = PlanOptions(force=options.force, skip_changed=options.ifexists == "skip",
                                    fetch=not options.fast, remove_gone=options.remove_gone)
         return Planner(hierarchy, fmt, plan_options, scope,
@@ -284,7 +275,7 @@ class Update:
             for record in client.iter_files(options.project, subject=options.subject,
                                             experiment=options.experiment,
                                             resources=options.collections or None,
-                                            jobs=options.jobs or 8):
+                                            jobs=options.jobs or 8, walk=planner.scope.walk):
                 seen += 1
                 if seen % 200 == 0:
                     log_progress(lgr.info, pid, "Listed %d files", seen, update=seen,

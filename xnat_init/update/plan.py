@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from git_annex_remote_xnat.client import Walk
 from git_annex_remote_xnat.keys import key_size, md5e_key
 from git_annex_remote_xnat.records import FileRecord
 from git_annex_remote_xnat.urls import parse_file_url
@@ -119,31 +120,17 @@ class Plan:
 
 class Scope:
     """Which registered xnat: URLs this update is responsible for: those of its server in its
-    project, subject, experiment and collections. `sessions` and `subjects` give the accession
-    IDs in scope (asked only when a tracked file is missing from the listing)."""
+    project, subject, experiment and collections. `walk` holds the accession IDs of the
+    subjects and sessions the listing walked (filled by the client's enumeration)."""
 
     def __init__(self, base_url: str, project: str, subject: str | None,
-                 experiment: str | None, collections: list[str],
-                 sessions: Callable[[], set[str]], subjects: Callable[[], set[str]]) -> None:
+                 experiment: str | None, collections: list[str], walk: Walk) -> None:
         self.base_url = base_url
         self.project = project
         self.subject = subject
         self.experiment = experiment
         self.collections = collections
-        self._sessions_of = sessions
-        self._subjects_of = subjects
-        self._sessions: set[str] | None = None
-        self._subjects: set[str] | None = None
-
-    def _in_sessions(self, session_id: str) -> bool:
-        if self._sessions is None:
-            self._sessions = self._sessions_of()
-        return session_id in self._sessions
-
-    def _in_subjects(self, subject_id: str) -> bool:
-        if self._subjects is None:
-            self._subjects = self._subjects_of()
-        return subject_id in self._subjects
+        self.walk = walk
 
     def contains(self, url: str) -> bool:
         location = parse_file_url(url, self.base_url)
@@ -152,11 +139,11 @@ class Scope:
         if self.collections and location.resource not in self.collections:
             return False
         if location.level in ("scan", "session"):
-            return self._in_sessions(location.session_id)
+            return location.session_id in self.walk.sessions
         if location.project != self.project or self.experiment:
             return False
         if location.level == "subject":
-            return self._in_subjects(location.subject_id)
+            return location.subject_id in self.walk.subjects
         return not self.subject
 
 
