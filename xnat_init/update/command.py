@@ -219,7 +219,7 @@ class Update:
             fetcher = None if self.options.fast else Fetcher(
                 client, self.config.url, self.config.remote, hierarchy.view(""),
                 self.options.jobs, fetch_processes)
-            planner = self.planner(client, hierarchy, fmt, fetcher)
+            planner = self.planner(hierarchy, fmt, fetcher)
             try:
                 if fetcher is not None:
                     fetcher.start()
@@ -254,8 +254,7 @@ class Update:
 
     # ------------------------------------------------------------------------------- stages
 
-    def planner(self, client, hierarchy: Hierarchy, fmt: PathFormat,
-                fetcher: Fetcher | None) -> Planner:
+    def planner(self, hierarchy: Hierarchy, fmt: PathFormat, fetcher: Fetcher | None) -> Planner:
         options = self.options
         scope = Scope(self.config.url, options.project, options.subject, options.experiment,
                       options.collections, Walk())
