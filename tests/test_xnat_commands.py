@@ -523,15 +523,27 @@ def test_collisions_and_refused_paths_change_nothing(xnat, alice, ds):
                           for r in errors), records
     assert state(ds) == before
 
-    xnat.delete_file("same.dcm", resource="OTHER", session="XNAT_E00001", scan="2")
+
+
+def test_one_unsafe_name_is_skipped_and_the_rest_registered(xnat, alice, ds):
+    """A file whose path would leave its folder (or write into .git) is skipped with an error
+    that names it; every other file is registered, and the update's status is an error."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-e", "SUBJ01_MR1")
+    listed = [r for r in results("xnat-query-files", xnat.url, "-p", "PUBLIC1", "-e",
+                                 "SUBJ01_MR1") if r.get("type") == "xnat-file"]
+    xnat.add_file("../../escape.txt", b"out", resource="DICOM", session="XNAT_E00001", scan="1")
     xnat.add_file(".git/config", b"evil", resource="EVIL", session="XNAT_E00001", scan="2")
     records = results("xnat-update", "--reckless", "fast", cwd=ds)
-    errors = [r for r in records if r["status"] == "error"]
-    assert any(".git" in r["message"] for r in errors), records
-    assert state(ds) == before
-    # leaving the collection out gets past it
-    ok = update(ds, "--reckless", "fast", "-c", "DICOM")
-    assert ok["status"] == "ok" and ok["added"] > 0
+    errors = [r["message"] for r in records if r["status"] == "error"]
+    assert any("../../escape.txt" in m and "rename it on the server" in m for m in errors), errors
+    assert any(".git/config" in m for m in errors), errors
+    summary = [r for r in records if r.get("type") == "dataset"][-1]
+    assert summary["status"] == "error" and summary["added"] == len(listed) > 0
+    assert summary["failed"] == 2
+    assert not (ds.parent / "escape.txt").exists() and not (ds / "escape.txt").exists()
+    assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
+    assert run(["git", "config", "-f", str(ds / ".git" / "config"), "--get",
+                "core.bare"], cwd=ds).stdout.strip() == "false"
 
 
 def test_update_bad_inputs(xnat, alice, ds, tmp_path, monkeypatch):
@@ -678,3 +690,23 @@ def test_rerun_after_interrupted_subdataset_creation(xnat, alice, ds):
     assert "datalad.xnat.default.url" in run(
         ["git", "config", "-f", ".datalad/config", "--list"], cwd=ds / "SUBJ01").stdout
     assert run(["git", "status", "--porcelain"], cwd=ds / "SUBJ01").stdout == ""
+
+
+def test_python_api_takes_a_string_or_a_list_and_auto(xnat, alice, ds):
+    """From Python, a repeatable option takes one string or a list, and jobs takes 'auto'."""
+    from datalad.api import xnat_init, xnat_update
+
+    def collections() -> list[str]:
+        return run(["git", "config", "-f", str(ds / ".datalad" / "config"), "--get-all",
+                    "datalad.xnat.default.collection"], cwd=ds).stdout.split()
+
+    quiet = dict(result_renderer="disabled", return_type="list")
+    xnat_init(xnat.url, dataset=str(ds), project="PUBLIC1", collection="NIFTI", **quiet)
+    assert collections() == ["NIFTI"]
+    xnat_init(xnat.url, dataset=str(ds), project="PUBLIC1", collection=["DICOM", "NIFTI"],
+              force=True, **quiet)
+    assert collections() == ["DICOM", "NIFTI"]
+    records = xnat_update(dataset=str(ds), reckless="fast", jobs="auto", collection="NIFTI",
+                          **quiet)
+    summary = [r for r in records if r.get("type") == "dataset"][-1]
+    assert summary["status"] == "ok" and summary["added"] > 0, records

@@ -15,6 +15,7 @@ from datalad.interface.base import Interface, build_doc, eval_results
 from datalad.interface.results import get_status_dict
 from datalad.support.constraints import EnsureNone, EnsureStr
 from datalad.support.param import Parameter
+from datalad.utils import ensure_list
 
 from git_annex_remote_xnat.credentials import (
     ANONYMOUS,
@@ -237,7 +238,7 @@ class XnatInit(Interface):
 
         config = XnatConfig(name=name, url=base_url, project=project, pathfmt=pathfmt,
                             credential=credential_name, subject=subject, experiment=experiment,
-                            collections=list(collection or []))
+                            collections=ensure_list(collection))
         try:
             configure_dataset(ds.pathobj, config, reinit=existing is not None)
         except (ConfigError, subprocess.CalledProcessError, RuntimeError) as exc:

@@ -8,6 +8,7 @@ from datalad.interface.base import Interface, build_doc, eval_results
 from datalad.interface.results import get_status_dict
 from datalad.support.constraints import EnsureStr
 from datalad.support.param import Parameter
+from datalad.utils import ensure_list
 
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
@@ -86,7 +87,8 @@ class XnatQueryFiles(Interface):
                                               message=f"{s.id} {s.label}")
                     return
                 for record in client.iter_files(project, subject=subject, experiment=experiment,
-                                                resources=collection or None, jobs=4):
+                                                resources=ensure_list(collection) or None,
+                                                jobs=4):
                     xnat_url = file_url(base_url, record)
                     rest = _rest_path(xnat_url, base_url)
                     yield get_status_dict(

@@ -5,9 +5,10 @@ The run, top to bottom: read the instance's configuration, log in once, take a l
 
 1. plan (plan.py): stream the server's files (the client lists subjects and experiments once,
    then one `scans/ALL/files` per session, concurrently), render each file's path, compare it
-   with what its dataset tracks; stop before writing anything if a path was refused, two files
-   render to one path, or a path is used by a file that is not from XNAT; key the files
-   without an XNAT digest by downloading and hashing them once; find the files gone;
+   with what its dataset tracks; skip (and report) a file whose path is unsafe; stop before
+   writing anything if two files render to one path, or a path is used by a file that is not
+   from XNAT; key the files without an XNAT digest by downloading and hashing them once; find
+   the files gone;
 2. write (write.py): create the new `//` subdatasets, then one commit per dataset, deepest
    first, whose message summarises it;
 3. fetch (fetch.py), unless --reckless fast: the content of every listed file, verified. These
@@ -30,7 +31,7 @@ from datalad.interface.results import get_status_dict
 from datalad.log import log_progress
 from datalad.support.constraints import EnsureChoice, EnsureInt, EnsureNone, EnsureStr
 from datalad.support.param import Parameter
-from datalad.utils import bytes2human
+from datalad.utils import bytes2human, ensure_list
 
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import file_url
@@ -80,8 +81,8 @@ class XnatUpdate(Interface):
             constraints=EnsureChoice(None, "overwrite", "skip")),
         jobs=Parameter(
             args=("-J", "--jobs"), metavar="NJOBS",
-            doc="parallel listings and downloads (default 8 listings, 4 downloads)",
-            constraints=EnsureInt() | EnsureNone()),
+            doc="parallel listings and downloads (default, or 'auto': 8 listings, 4 downloads)",
+            constraints=EnsureInt() | EnsureNone() | EnsureChoice("auto")),
         name=Parameter(
             args=("--name",), metavar="NAME",
             doc="the XNAT instance to update (as given to xnat-init --name)",
@@ -117,10 +118,10 @@ class XnatUpdate(Interface):
         options = UpdateOptions(
             project=project or config.project, subject=subject or config.subject,
             experiment=experiment or config.experiment,
-            collections=list(collection or config.collections),
+            collections=ensure_list(collection) or list(config.collections),
             credential=credential or config.credential, force=force,
             fast=reckless == "fast", ifexists=ifexists or "overwrite",
-            jobs=jobs, remove_gone=remove_gone)
+            jobs=None if jobs == "auto" else jobs, remove_gone=remove_gone)
         yield from Update(ds, config, options).run()
 
 

@@ -3,7 +3,8 @@
 Input: the server's file records (as the client lists them) and the datasets as they are
 (datasets.Hierarchy). Output: a Plan, one ChangeSet per dataset. Each file of the server is
 
-* refused (a path that would leave the dataset: the update stops before writing anything),
+* skipped (a path that would leave its folder or write into `.git`: reported with its name,
+  the rest of the project goes ahead),
 * new, changed (other content than the dataset tracks), or unchanged: compared by 64-bit
   fingerprints of path and symlink, so an unchanged file costs a hash and nothing else;
   files to register (and, in the default mode, files whose content is wanted) go to the
@@ -173,8 +174,6 @@ class Planner:
         self._collisions = CollisionTracker()
         self._sources = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
                                                     errors="surrogateescape", prefix="xnat-paths-")
-        self._refused: list[str] = []
-        self._refused_count = 0
         self._conflicts: list[str] = []
         self._unkeyed: list[_Unkeyed] = []
         self._unseen_keys: dict[str, dict[str, str]] = {}
@@ -195,10 +194,8 @@ class Planner:
         try:
             rendered = self.fmt.render(record)
         except LayoutError as exc:
-            self._refused_count += 1
-            if len(self._refused) < MAX_LISTED_PROBLEMS:
-                self._refused.append(f"refused {url}: {exc}; rename it on the server or leave "
-                                     "it out with --collection")
+            self.failures.append(f"skipped {url}: {exc}; rename it on the server or leave it "
+                                 "out with --collection")
             return
         fingerprint = self._collisions.add(rendered.path)
         self._sources.write(f"{fingerprint}\t{rendered.path}\t{url}\n")
@@ -210,8 +207,8 @@ class Planner:
                        record.size)
 
     def check(self) -> None:
-        """UpdateAborted if the listing found what stops the update before it writes: refused
-        paths, two files on one path, a path used by a file that is not from XNAT."""
+        """UpdateAborted if the listing found what stops the update before it writes: two
+        files on one path, a path used by a file that is not from XNAT."""
         problems = []
         duplicates = self._collisions.duplicates()
         if duplicates:
@@ -223,10 +220,6 @@ class Planner:
                     clashing.append((path, url))
             problems.append(describe_collisions(clashing))
         self._sources.close()
-        problems += self._refused
-        if self._refused_count > len(self._refused):
-            problems.append(f"... and {self._refused_count - len(self._refused)} more refused "
-                            "paths")
         if self._conflicts:
             problems.append("these paths are already used by files that are not registered "
                             "from XNAT: " + ", ".join(self._conflicts[:MAX_LISTED_PROBLEMS])
