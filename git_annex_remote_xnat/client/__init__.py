@@ -22,7 +22,7 @@ from .download import CHUNK_SIZE, FileStatus, download, file_status
 from .enumeration import ID_BATCH, Enumeration, Walk
 from .errors import (
     AuthenticationError, DownloadError, NotFoundError, NotXnatError, PermissionDeniedError,
-    ServerUnreachableError, XnatError, safe_url,
+    ServerUnreachableError, TLSError, XnatError, safe_url,
 )
 from .listings import Experiment, Project, RemoteFile, Resource, Scan, Subject
 from .session import DEFAULT_TIMEOUT, USER_AGENT, Session
@@ -30,7 +30,7 @@ from .session import DEFAULT_TIMEOUT, USER_AGENT, Session
 __all__ = [
     "XnatClient", "Session",
     "XnatError", "AuthenticationError", "NotFoundError", "PermissionDeniedError",
-    "NotXnatError", "ServerUnreachableError", "DownloadError", "safe_url",
+    "NotXnatError", "ServerUnreachableError", "TLSError", "DownloadError", "safe_url",
     "Project", "Subject", "Experiment", "Scan", "Resource", "RemoteFile", "FileStatus",
     "FileRecord", "USER_AGENT", "DEFAULT_TIMEOUT", "CHUNK_SIZE", "ID_BATCH",
     "Walk",
@@ -43,12 +43,13 @@ class XnatClient:
     `credential` None or anonymous means no authentication (an open site's guest account).
     Login happens on the first request (or an explicit `login()`), so creating a client is free.
     `session` is the conversation itself, for REST calls the client does not wrap.
+    `timeout` None is the environment's or the default (see `session.configured_timeout`).
     """
 
     def __init__(self, base_url: str, credential: Credential | None = None, *,
-                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, retries: int = 5,
+                 timeout: tuple[float, float] | None = None, retries: int = 5,
                  backoff_factor: float = 0.3, pool_size: int = 16,
-                 download_attempts: int = 3) -> None:
+                 download_attempts: int = 5) -> None:
         self.session = Session(base_url, credential, timeout=timeout, retries=retries,
                                backoff_factor=backoff_factor, pool_size=pool_size)
         self.download_attempts = max(1, download_attempts)
@@ -66,6 +67,11 @@ class XnatClient:
     @property
     def anonymous(self) -> bool:
         return self.session.anonymous
+
+    @property
+    def given_up(self) -> ServerUnreachableError | None:
+        """Set once the server stopped answering: every further request fails at once with it."""
+        return self.session.given_up
 
     # ---------------------------------------------------------------- session lifecycle
 

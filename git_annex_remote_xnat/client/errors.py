@@ -40,6 +40,10 @@ class ServerUnreachableError(XnatError):
     """No HTTP answer at all: DNS, refused connection, timeout, TLS."""
 
 
+class TLSError(ServerUnreachableError):
+    """The TLS handshake failed, most often on a certificate that is not trusted here."""
+
+
 class DownloadError(XnatError):
     """A body that was truncated, had the wrong size or the wrong MD5; nothing was kept."""
 

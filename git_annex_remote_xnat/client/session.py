@@ -7,8 +7,16 @@ What it takes care of, so no other module has to:
   only to log in, because every Basic-authenticated request creates a new server-side session
   and XNAT caps them per account;
 * a non-browser User-Agent: a browser-like one makes XNAT answer with a 200 login page;
-* timeouts on every request; retries with exponential backoff (urllib3 `Retry`) on connection
-  errors, 429, 502, 503 and 504 for idempotent requests, honouring ``Retry-After``;
+* timeouts on every request (``GIT_ANNEX_REMOTE_XNAT_TIMEOUT`` overrides the default);
+  retries with exponential backoff (urllib3 `Retry`) on connection errors and on the answers
+  curl's ``--retry`` takes for transient (408, 429, 500, 502, 503, 504: XNAT's Tomcat answers
+  500 for passing failures too) for idempotent requests and the login, honouring
+  ``Retry-After``;
+* a server that stopped answering is given up on: after `UNREACHABLE_AFTER` requests in a row
+  got no HTTP answer, every further request fails at once with the same one line, so a run over
+  many files ends with one error soon instead of one timeout per file;
+* the session cookie goes to the server's own scheme, host and port only: not to an absolute
+  URL elsewhere, and urllib3 drops it (and Authorization) on a redirect to another host;
 * every failure as an `XnatError` of one line: HTTP status, the URL without secrets, what to do;
 * ``format=json`` listings decoded to their ``ResultSet.Result`` rows.
 
@@ -24,8 +32,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import threading
-import time
 import urllib.request
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Iterator
@@ -40,14 +48,17 @@ from .. import __version__
 from ..credentials import Credential, how_to_provide
 from .errors import (
     AuthenticationError, NotFoundError, NotXnatError, PermissionDeniedError,
-    ServerUnreachableError, XnatError, is_login_page, login_page_error, safe_url,
+    ServerUnreachableError, TLSError, XnatError, is_login_page, login_page_error, safe_url,
 )
 
 USER_AGENT = f"git-annex-remote-xnat/{__version__}"
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (seconds between bytes)
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+TIMEOUT_ENV = "GIT_ANNEX_REMOTE_XNAT_TIMEOUT"  # "READ" or "CONNECT,READ" in seconds
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # curl --retry's transient ones
+OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
 CLOSE_TIMEOUT = (5.0, 10.0)  # ending the server session must not hold up an exit
+UNREACHABLE_AFTER = 3  # requests in a row without an HTTP answer before the server is given up
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
 
@@ -64,35 +75,76 @@ class _Retry(Retry):
         return None if value is None else min(value, MAX_RETRY_AFTER)
 
 
-def _retry_policy(retries: int, backoff_factor: float) -> Retry:
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def _retry_policy(retries: int, backoff_factor: float, methods: frozenset[str] = IDEMPOTENT
+                  ) -> Retry:
     # Few connect and read retries: a refused connection or a hung server should fail within
-    # seconds, not minutes; overload answers (429/5xx) get the full count.
+    # seconds, not minutes; transient answers (408/429/5xx) get the full count.
     return _Retry(
         total=retries, connect=min(retries, 3), read=min(retries, 2), status=retries, other=0,
         backoff_factor=backoff_factor, backoff_max=10,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET", "HEAD", "OPTIONS", "DELETE"}),
+        status_forcelist=RETRY_STATUSES, allowed_methods=methods,
         respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
     )
 
 
+def configured_timeout(default: tuple[float, float] = DEFAULT_TIMEOUT) -> tuple[float, float]:
+    """(connect, read) seconds: `TIMEOUT_ENV` when set ("READ" or "CONNECT,READ"), else
+    `default`. Read once per session, so the special remote and xnat-update's helper processes
+    take it from the environment they inherit; a malformed value is an XnatError that says so."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        numbers = [float(part) for part in value.split(",")]
+        if len(numbers) not in (1, 2) or min(numbers) <= 0:
+            raise ValueError(value)
+    except ValueError:
+        raise XnatError(f"{TIMEOUT_ENV}={value!r} is not a timeout; set it to seconds, e.g. 30, "
+                        "or connect,read seconds, e.g. 5,30") from None
+    if len(numbers) == 1:
+        return (min(default[0], numbers[0]), numbers[0])
+    return (numbers[0], numbers[1])
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The certificates a server's must chain to, as the environment names them.
+
+    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (a file or a directory) replace every other
+    source, as with requests and curl. Otherwise the system's store (which OpenSSL lets
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` replace) and certifi's bundle, when installed, are both
+    trusted: a site CA added to the system store then works as it does for curl.
+    """
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        try:
+            return ssl.create_default_context(cafile=bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise XnatError(f"cannot read the CA bundle {bundle} that REQUESTS_CA_BUNDLE or "
+                            f"CURL_CA_BUNDLE names ({exc.__class__.__name__}); point it at a "
+                            "PEM file of CA certificates") from None
+    context = ssl.create_default_context()
+    try:
+        import certifi
+        context.load_verify_locations(cafile=certifi.where())
+    except (ImportError, OSError, ssl.SSLError):  # the system's store alone then
+        pass
+    return context
+
+
 def _pool_manager(base_url: str, pool_size: int) -> urllib3.PoolManager:
-    """Connection pools for `base_url` with the proxy and CA bundle the environment names.
+    """Connection pools for `base_url` with the proxy and CA certificates the environment names.
 
     Read once here, as requests would on every request: ``http(s)_proxy``/``no_proxy`` (user
-    and password in a proxy URL become Proxy-Authorization), ``REQUESTS_CA_BUNDLE`` or
-    ``CURL_CA_BUNDLE`` (a file or a directory), else certifi's bundle when it is installed.
+    and password in a proxy URL become Proxy-Authorization) and the trust of `_tls_context`.
     """
     tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if not bundle:
-        try:
-            import certifi
-            bundle = certifi.where()
-        except ImportError:  # the system's default trust store then
-            bundle = None
-    if bundle:
-        tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+    if urlsplit(base_url).scheme == "https":
+        tls["ssl_context"] = _tls_context()
     pools = {"num_pools": 4, "maxsize": pool_size, **tls}
     parts = urlsplit(base_url)
     proxies = urllib.request.getproxies()
@@ -123,12 +175,31 @@ def _transport_error(exc: Exception, method: str, url: str) -> XnatError:
         return XnatError(f"{method} {safe_url(url)} failed ({exc.__class__.__name__}); check "
                          "the server URL", None, url)
     if isinstance(reason, urllib3.exceptions.SSLError):
-        return ServerUnreachableError(
-            f"TLS error for {method} {safe_url(url)}: {reason.__class__.__name__}; check the "
-            "certificate or REQUESTS_CA_BUNDLE", None, url)
+        return _tls_error(reason, method, url)
     return ServerUnreachableError(
         f"cannot reach {safe_url(url)} ({reason.__class__.__name__}, retried); check the "
         "server URL and the network, then try again", None, url)
+
+
+def _tls_error(exc: Exception, method: str, url: str) -> XnatError:
+    """An untrusted certificate says so and how to trust it; other TLS failures name theirs."""
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    cause: BaseException | None = exc
+    for _ in range(8):  # urllib3 wraps ssl's error in its own, as an argument or a cause
+        if cause is None or isinstance(cause, ssl.SSLCertVerificationError):
+            break
+        cause = cause.__cause__ or cause.__context__ or next(
+            (arg for arg in cause.args if isinstance(arg, BaseException)), None)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = getattr(cause, "verify_message", "") or "verification failed"
+        return TLSError(
+            f"the TLS certificate of {where} is not trusted ({why}); if the server uses a "
+            "private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its certificate file, "
+            "or add that CA to the system's trust store", None, url)
+    return TLSError(f"TLS error for {method} {safe_url(url)} ({exc.__class__.__name__}: "
+                    f"{exc}); check that the URL's scheme and port are the server's HTTPS",
+                    None, url)
 
 
 class Answer:
@@ -190,10 +261,11 @@ class Session:
 
     `credential` None or anonymous means no authentication (an open site's guest account).
     Login happens on the first request (or an explicit `login()`), so creating one is free.
+    `timeout` None is `configured_timeout()`.
     """
 
     def __init__(self, base_url: str, credential: Credential | None = None, *,
-                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, retries: int = 5,
+                 timeout: tuple[float, float] | None = None, retries: int = 5,
                  backoff_factor: float = 0.3, pool_size: int = 16) -> None:
         parts = urlsplit(base_url.strip())
         path = parts.path.rstrip("/")
@@ -203,13 +275,20 @@ class Session:
         self.credential = credential
         self.retries = retries
         self.backoff_factor = backoff_factor
-        self._timeout = _timeout(timeout)
+        self._timeout = _timeout(configured_timeout() if timeout is None else timeout)
         self._retry = _retry_policy(retries, backoff_factor)
+        # Logging in again is harmless (at worst an extra server session that idles out), so
+        # the login POST is retried like an idempotent request.
+        self._login_retry = _retry_policy(retries, backoff_factor, IDEMPOTENT | {"POST"})
         self._pools = _pool_manager(self.base_url, pool_size)
+        self._origin = _origin(self.base_url)
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._generation = 0   # bumped by every login; a 401 renews only the session it saw
         self._logged_in = False
         self._cookie = ""      # the Cookie header: what the login answer set, nothing else
+        self._unanswered = 0   # requests in a row that got no HTTP answer
+        self._given_up: ServerUnreachableError | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -234,20 +313,13 @@ class Session:
                 self._login_locked()
 
     def _login_locked(self) -> None:
-        self._cookie = ""
         url = self.url("/data/JSESSION")
         headers = {}
         if not self.anonymous:
             headers = urllib3.util.make_headers(
                 basic_auth=f"{self.credential.user}:{self.credential.password}")
-        # urllib3 retries only idempotent methods; logging in again is harmless (at worst an
-        # extra server session that idles out), so 429/5xx answers to it are retried here.
-        for attempt in range(self.retries + 1):
-            answer = self._send("POST", url, headers=headers)
-            if answer.status not in RETRY_STATUSES or attempt == self.retries:
-                break
-            answer.close()
-            time.sleep(min(self.backoff_factor * 2 ** attempt, 10))
+        # The old session's cookie is not sent: the server would take it over the password.
+        answer = self._send("POST", url, headers=headers, cookie=False, retry=self._login_retry)
         with answer:
             if answer.status == 404:
                 raise NotXnatError(
@@ -286,26 +358,54 @@ class Session:
     # ---------------------------------------------------------------- requests
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-              stream: bool = False, timeout: tuple[float, float] | None = None) -> Answer:
+              stream: bool = False, timeout: tuple[float, float] | None = None,
+              cookie: bool = True, retry: Retry | None = None) -> Answer:
         """Every request of the client goes out here; "no HTTP answer" becomes an XnatError.
 
         A streamed GET (a file) asks for the body as stored, so Content-Length and the MD5
-        are the file's; listings accept compression.
+        are the file's; listings accept compression. The session cookie goes only to the
+        server's own origin. Once the server is given up on (see `_count`), nothing is sent.
         """
+        if self._given_up is not None:
+            raise ServerUnreachableError(str(self._given_up), None, url)
         sent = {"User-Agent": USER_AGENT, "Accept": "*/*",
                 "Accept-Encoding": "identity" if stream else "gzip, deflate"}
-        if self._cookie:
+        if cookie and self._cookie and _origin(url) == self._origin:
             sent["Cookie"] = self._cookie
         if headers:
             sent.update(headers)
         try:
             raw = self._pools.urlopen(
-                method, url, headers=sent, retries=self._retry, redirect=True,
+                method, url, headers=sent, retries=retry or self._retry, redirect=True,
                 timeout=self._timeout if timeout is None else _timeout(timeout),
                 preload_content=not stream, decode_content=True)
         except _TransportError as exc:
-            raise _transport_error(exc, method, url) from exc
+            error = _transport_error(exc, method, url)
+            self._count(error)
+            raise error from exc
+        self._count(None)
         return Answer(raw, url, stream)
+
+    def _count(self, error: XnatError | None) -> None:
+        """Give the server up after `UNREACHABLE_AFTER` requests in a row got no HTTP answer
+        (each after urllib3's own retries); any answer starts the count again. A TLS failure
+        is an answer of sorts: it is about trust, not reachability."""
+        with self._count_lock:
+            if error is None or not isinstance(error, ServerUnreachableError) \
+                    or isinstance(error, TLSError):
+                self._unanswered = 0
+                return
+            self._unanswered += 1
+            if self._unanswered >= UNREACHABLE_AFTER and self._given_up is None:
+                self._given_up = ServerUnreachableError(
+                    f"{safe_url(self.base_url)} stopped answering ({self._unanswered} requests "
+                    f"in a row got no answer; the last: {error}); nothing more is tried in "
+                    "this run", None, self.base_url)
+
+    @property
+    def given_up(self) -> ServerUnreachableError | None:
+        """The error that ended this session's trying, once the server stopped answering."""
+        return self._given_up
 
     def request(self, method: str, rest_path: str, *, params: dict[str, str] | None = None,
                 stream: bool = False) -> Answer:
@@ -397,15 +497,27 @@ class Session:
             return NotFoundError(
                 f"HTTP 404 Not Found for {where}{detail}: it does not exist or {user} cannot see "
                 "it (XNAT answers 404 for private projects); check the IDs and access", status, url)
-        if status in RETRY_STATUSES:
+        if status in OVERLOAD_STATUSES:
             return XnatError(
                 f"HTTP {status} {answer.reason} for {where}{detail} (retried {self.retries} "
                 "times): the server is overloaded or down; try again later", status, url)
         if status >= 500:
+            retried = f" (retried {self.retries} times)" if status in RETRY_STATUSES else ""
             return XnatError(
-                f"HTTP {status} {answer.reason} for {where}{detail}: the server failed; try "
-                "again later, or ask the XNAT administrators if it persists", status, url)
+                f"HTTP {status} {answer.reason} for {where}{detail}{retried}: the server failed; "
+                "try again later, or ask the XNAT administrators if it persists", status, url)
         return XnatError(f"HTTP {status} {answer.reason} for {where}{detail}", status, url)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what a cookie set without a Domain is bound to here."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a port: urllib3 refuses the URL itself
+        port = None
+    port = port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 def _set_cookies(headers: list[str]) -> dict[str, str]:
