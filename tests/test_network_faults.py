@@ -7,8 +7,9 @@ Real HTTP over loopback against the emulator, real DataLad and git-annex; nothin
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import ssl
+
+import pytest
 
 from tests.conftest import run
 from tests.test_xnat_commands import datalad, init, results, update
@@ -46,3 +47,66 @@ def test_first_update_completes_under_the_fault_mix(emulator_factory, monkeypatc
     assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
     run(["git", "annex", "fsck", "--quiet"], cwd=ds)
     assert by_status.get(500, 0) > 0 and by_status.get(401, 0) > 0, by_status
+
+
+# ------------------------------------------------------------------------------------- 2: TLS
+
+TRUST_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+@pytest.fixture
+def https_xnat(emulator_factory, tmp_path, monkeypatch):
+    """A closed site over HTTPS with a certificate of a CA made for this test; no trust is
+    configured (the CA's PEM file is `https_xnat.ca_file`)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    emu = emulator_factory(require_login=True, tls=context)
+    emu.ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(emu.ca_file))
+    for var in TRUST_VARS:
+        monkeypatch.delenv(var, raising=False)
+    closed_site_user(monkeypatch)
+    return emu
+
+
+def assert_untrusted_line(message: str) -> None:
+    assert "not trusted" in message and "REQUESTS_CA_BUNDLE" in message, message
+    assert "system" in message and "\n" not in message.strip() and "Traceback" not in message
+
+
+def test_untrusted_certificate_is_one_clear_line_and_a_ca_bundle_fixes_it(
+        https_xnat, monkeypatch, tmp_path):
+    url = https_xnat.url
+    assert url.startswith("https://")
+    records = results("xnat-query-files", url)
+    assert len(records) == 1 and records[0]["status"] == "error", records
+    assert_untrusted_line(records[0]["message"])
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(https_xnat.ca_file))
+    assert {r["project"] for r in results("xnat-query-files", url)} >= {"PUBLIC1", "PROT1"}
+    monkeypatch.delenv("SSL_CERT_FILE")
+
+    ds = tmp_path / "ds"
+    datalad("create", str(ds))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_xnat.ca_file))
+    assert [r["status"] for r in init(ds, url, "-p", "PUBLIC1", "-c", "MAT")] == ["ok"]
+    assert update(ds, "--reckless", "fast")["status"] == "ok"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+
+    records = results("xnat-update", cwd=ds)
+    errors = [r for r in records if r["status"] == "error"]
+    assert len(errors) == 1, records
+    assert_untrusted_line(errors[0]["message"])
+
+    mat = "SUBJ01/SUBJ01_MR1/BOLD_1/motion.par"
+    got = run(["git", "annex", "get", mat], cwd=ds, check=False)
+    assert got.returncode != 0 and "Traceback" not in got.stderr
+    lines = [line for line in (got.stdout + got.stderr).splitlines() if "not trusted" in line]
+    assert lines, (got.stdout, got.stderr)
+    assert_untrusted_line(lines[0])
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_xnat.ca_file))
+    run(["git", "annex", "get", mat], cwd=ds)
+    assert (ds / mat).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class Emulator:
                  max_sessions_per_user: int = 0, checksums: bool = True,
                  version_mode: str = "modern",
                  interactive_agents: "tuple[str, ...] | None" = None,
-                 verbose: bool = False, **faults) -> None:
+                 verbose: bool = False, tls: ssl.SSLContext | None = None, **faults) -> None:
         """Build the site from `preset` (see xnat_emulator.presets) and prepare the server.
 
         Beyond the contract: `context_path` serves under e.g. "/xnat" (listings then report
@@ -80,12 +81,14 @@ class Emulator:
         `version_mode="legacy"` answers like XNAT 1.6 (`/data/version` is "1.6.5", no
         buildInfo, old token JSON, no limit/offset, HTML listings without `format`);
         `interactive_agents` replaces the browser User-Agent regexes;
+        `tls`, a server-side `ssl.SSLContext` with its certificate loaded, serves HTTPS;
         any other keyword sets a fault (see xnat_emulator.faults).
         """
         self.preset = preset
         self.seed = seed
         self.host = host
         self.port = port
+        self.tls = tls
         self.site = build(preset, seed=seed, files=files, file_size=file_size)
         self.faults = Faults(seed, **faults)
         self.counters = Counters()
@@ -103,7 +106,7 @@ class Emulator:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Emulator":
         if self._server is None:
-            self._server = make_server(self.app, self.host, self.port)
+            self._server = make_server(self.app, self.host, self.port, self.tls)
             self.port = self._server.server_address[1]
             self._thread = threading.Thread(target=self._server.serve_forever,
                                             kwargs={"poll_interval": 0.1},
@@ -114,7 +117,7 @@ class Emulator:
     def serve_forever(self) -> None:
         """Serve in the calling thread (the CLI uses this)."""
         if self._server is None:
-            self._server = make_server(self.app, self.host, self.port)
+            self._server = make_server(self.app, self.host, self.port, self.tls)
             self.port = self._server.server_address[1]
         self._server.serve_forever(poll_interval=0.2)
 
@@ -136,7 +139,8 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.app.context_path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self.app.context_path}"
 
     # -- settings at run time -------------------------------------------------------------
     @property
@@ -326,6 +330,36 @@ class Emulator:
             for pid in e.labels:
                 p = site.projects[pid]
                 p.experiments = [x for x in p.experiments if x is not e]
+
+    def delete_subject(self, subject: str, project: str | None = None) -> None:
+        """Remove a subject with its sessions, their assessors and every resource below it."""
+        s = self._subject(subject, project)
+        for e in list(s.experiments):
+            self.delete_session(e.id)
+        site = self.site
+        with site.lock:
+            site.subjects.pop(s.id, None)
+            for pid in s.labels:
+                p = site.projects[pid]
+                p.subjects = [x for x in p.subjects if x is not s]
+
+    def delete_scan(self, session: str, scan: str, project: str | None = None) -> None:
+        """Remove a scan of a session and its resources (KeyError if there is none)."""
+        e = self._experiment(session, project)
+        sc = e.scan(scan)
+        if sc is None:
+            raise KeyError(f"no scan {scan} in {e.id}")
+        with self.site.lock:
+            e.scans = [x for x in e.scans if x is not sc]
+
+    def delete_resource(self, resource: str, *, project: str | None = None,
+                        subject: str | None = None, session: str | None = None,
+                        scan: str | None = None, assessor: str | None = None) -> None:
+        """Remove a resource (a catalog) with all its files; where: as for `add_file`."""
+        r = self._resource(resource, project=project, subject=subject, session=session,
+                           scan=scan, assessor=assessor, create=False)
+        with self.site.lock:
+            r.owner.resources = [x for x in r.owner.resources if x is not r]
 
     # -- inspection -----------------------------------------------------------------------
     def iter_files(self, project: str, *, levels: tuple[str, ...] | None = None

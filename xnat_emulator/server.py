@@ -1,16 +1,18 @@
 """The HTTP layer: an HTTP/1.1 keep-alive server whose handler turns bytes into a `Request`,
 asks the `App` for the `Response`, and writes it back.
 
-`make_server(app, host, port)` returns the `ThreadingHTTPServer`. Besides framing (bodies with
-Content-Length, streams with a known length, chunked archives), the handler applies the
-faults that act on the wire: delays and random errors before dispatch, and the download rate,
-truncation and corruption while a file's body is sent. It counts every request by its route
-template and the bytes it sent.
+`make_server(app, host, port, tls)` returns the `ThreadingHTTPServer`; with `tls`, an
+`ssl.SSLContext`, it speaks HTTPS (the handshake runs in the connection's own thread).
+Besides framing (bodies with Content-Length, streams with a known length, chunked archives),
+the handler applies the faults that act on the wire: delays and random errors before
+dispatch, and the download rate, truncation and corruption while a file's body is sent. It
+counts every request by its route template and the bytes it sent.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -66,7 +68,7 @@ class Handler(BaseHTTPRequestHandler):
                 path = "/__outside_context__" + path
         template, kind, payload = route(path)
         req = Request(self.command, path, query, self.headers, body)
-        req.base_url = "http://" + (self.headers.get("Host")
+        req.base_url = self.server.scheme + "://" + (self.headers.get("Host")
                                     or "%s:%s" % self.server.server_address[:2])
         try:
             delay = float(app.faults.delay or 0)
@@ -178,11 +180,29 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, addr, app: App) -> None:
+    def __init__(self, addr, app: App, tls: ssl.SSLContext | None = None) -> None:
         self.app = app
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
         self._conns: set = set()
         self._conns_lock = threading.Lock()
         super().__init__(addr, Handler)
+
+    def finish_request(self, request, client_address) -> None:
+        """Serve one connection, in its own thread: the TLS handshake first when serving
+        HTTPS, so a client that refuses the certificate holds up nobody else."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            request = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            request.close()
+            return
+        try:
+            super().finish_request(request, client_address)
+        finally:  # the plain socket the server closes was detached by the wrapping
+            request.close()
 
     def handle_error(self, request, client_address) -> None:
         exc = sys.exc_info()[1]
@@ -209,5 +229,6 @@ class Server(ThreadingHTTPServer):
                 pass
 
 
-def make_server(app: App, host: str = "127.0.0.1", port: int = 0) -> Server:
-    return Server((host, port), app)
+def make_server(app: App, host: str = "127.0.0.1", port: int = 0,
+                tls: ssl.SSLContext | None = None) -> Server:
+    return Server((host, port), app, tls)
