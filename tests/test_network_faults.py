@@ -7,14 +7,21 @@ Real HTTP over loopback against the emulator, real DataLad and git-annex; nothin
 
 from __future__ import annotations
 
+import json
 import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from git_annex_remote_xnat import urls
+from git_annex_remote_xnat.client import FileRecord, XnatClient, XnatError
+from git_annex_remote_xnat.credentials import Credential
 from tests.conftest import run
 from tests.test_xnat_commands import datalad, init, results, update
 
 CRED_ENV = "DATALAD_CREDENTIAL_127_0_0_1"
+ALICE = Credential("emu", "alice", "alice-pass", "test")
 
 
 def closed_site_user(monkeypatch) -> None:
@@ -110,3 +117,82 @@ def test_untrusted_certificate_is_one_clear_line_and_a_ca_bundle_fixes_it(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_xnat.ca_file))
     run(["git", "annex", "get", mat], cwd=ds)
     assert (ds / mat).exists()
+
+
+# ----------------------------------------------------------------- 3: redirects to another host
+
+
+class HeaderRecorder(ThreadingHTTPServer):
+    """A second server on another port that keeps the headers of every request it gets and
+    answers each with an empty XNAT listing."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                recorder.seen.append({k.lower(): v for k, v in self.headers.items()})
+                body = json.dumps({"ResultSet": {"Result": []}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_POST = do_GET
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.server_address[1]}"
+
+
+@pytest.fixture
+def recorder():
+    server = HeaderRecorder()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def a_file_path(client: XnatClient) -> tuple[str, FileRecord]:
+    record = next(r for r in client.iter_files("PUBLIC1") if r.md5)
+    return urls.rest_path(urls.file_url(client.base_url, record), client.base_url), record
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_redirect_elsewhere_carries_no_cookie_and_no_password(xnat, recorder, host, tmp_path):
+    with XnatClient(xnat.url, ALICE, backoff_factor=0.01) as client:
+        path, record = a_file_path(client)  # logged in: the client holds a session cookie
+        xnat.faults.redirect_to = recorder.url(host)
+        assert client.subjects("PUBLIC1") == []          # a listing, answered by the recorder
+        with pytest.raises(XnatError):                   # a download: the wrong body
+            client.download(path, tmp_path / "f", size=record.size, md5=record.md5)
+        assert client.file_status(path).exists           # a HEAD
+    with XnatClient(xnat.url, ALICE, backoff_factor=0.01) as client:
+        with pytest.raises(XnatError):                   # the login itself redirected
+            client.login()
+    xnat.faults.redirect_to = ""
+    assert len(recorder.seen) >= 4, recorder.seen
+    for headers in recorder.seen:
+        assert "cookie" not in headers and "authorization" not in headers, headers
+        assert "JSESSIONID" not in str(headers) and "alice-pass" not in str(headers)
+
+
+def test_the_session_cookie_stays_with_its_server(xnat, recorder):
+    """The login answer sets JSESSIONID without a Domain: it belongs to the server's scheme,
+    host and port, so an absolute URL elsewhere (another port here) does not get it."""
+    with XnatClient(xnat.url, ALICE, backoff_factor=0.01) as client:
+        client.login()
+        client.session.request("GET", recorder.url() + "/data/projects").close()
+        client.session.request("GET", recorder.url("localhost") + "/data/projects").close()
+    assert len(recorder.seen) == 2
+    assert all("cookie" not in headers for headers in recorder.seen), recorder.seen

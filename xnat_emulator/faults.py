@@ -18,6 +18,8 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
 * `drop_digests` (bool): file listings show `digest: ""` for every file.
 * `login_page_instead_of_401` (bool): unauthenticated requests get 200 + the HTML login page
   (what a misconfigured proxy or an old XNAT does), instead of 401.
+* `redirect_to` (str, "" = off): every request is answered 302 with `Location:` this base URL
+  (e.g. another server's "http://host:port") followed by the path and query asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ DEFAULTS = {
     "expire_sessions_after": 0,
     "drop_digests": False,
     "login_page_instead_of_401": False,
+    "redirect_to": "",
 }
 
 

@@ -77,7 +77,10 @@ class Handler(BaseHTTPRequestHandler):
             if delay > 0:
                 time.sleep(delay)
             err = app.faults.random_error()
-            if err is not None:
+            if app.faults.redirect_to:
+                resp = Response(302, headers=[
+                    ("Location", str(app.faults.redirect_to).rstrip("/") + self.path)])
+            elif err is not None:
                 resp = error_response(err)
             else:
                 resp = app.handle(req, kind, payload)
