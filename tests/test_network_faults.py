@@ -15,7 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from git_annex_remote_xnat import urls
-from git_annex_remote_xnat.client import FileRecord, XnatClient, XnatError
+from git_annex_remote_xnat.client import (
+    FileRecord, ServerUnreachableError, XnatClient, XnatError,
+)
+from git_annex_remote_xnat.client.session import TIMEOUT_ENV
 from git_annex_remote_xnat.credentials import Credential
 from tests.conftest import run
 from tests.test_xnat_commands import datalad, init, results, update
@@ -196,3 +199,57 @@ def test_the_session_cookie_stays_with_its_server(xnat, recorder):
         client.session.request("GET", recorder.url("localhost") + "/data/projects").close()
     assert len(recorder.seen) == 2
     assert all("cookie" not in headers for headers in recorder.seen), recorder.seen
+
+
+# ------------------------------------------------------------ 4: a server that stops answering
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """Per-request timeouts of a fraction of a second, for this process and its children."""
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5,0.5")
+
+
+def test_a_silent_server_fails_each_request_with_one_line(xnat, short_timeouts):
+    xnat.faults.silent = True
+    client = XnatClient(xnat.url, ALICE, backoff_factor=0.01)
+    with pytest.raises(ServerUnreachableError) as first:
+        client.projects()
+    message = str(first.value)
+    assert "\n" not in message and "cannot reach" in message and "127.0.0.1" in message
+    for _ in range(3):  # judged unreachable: nothing more is sent
+        with pytest.raises(ServerUnreachableError):
+            client.subjects("PUBLIC1")
+    assert client.given_up is not None and "stopped answering" in str(client.given_up)
+    xnat.faults.silent = False
+    xnat.counters.reset()
+    with pytest.raises(ServerUnreachableError, match="stopped answering"):
+        client.subjects("PUBLIC1")
+    assert xnat.counters.total == 0
+    client.close()
+
+
+def test_a_bad_timeout_setting_is_one_clear_line(xnat, monkeypatch):
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(XnatError, match=TIMEOUT_ENV):
+        XnatClient(xnat.url, ALICE)
+
+
+def test_update_against_a_server_gone_silent_ends_with_one_error(
+        emulator_factory, monkeypatch, tmp_path, short_timeouts):
+    emu = emulator_factory(preset="files", files=24, file_size=512, require_login=True)
+    closed_site_user(monkeypatch)
+    ds = tmp_path / "ds"
+    datalad("create", str(ds))
+    init(ds, emu.url, "-p", "BENCH")
+    emu.faults.silent = "downloads"
+    records = results("xnat-update", "-J", "2", cwd=ds)
+    emu.faults.silent = False
+    errors = [r for r in records if r["status"] == "error" and "added" not in r]
+    assert len(errors) == 1, [r.get("message") for r in errors]
+    assert "stopped answering" in errors[0]["message"] and "\n" not in errors[0]["message"]
+    summary = [r for r in records if "added" in r][-1]
+    assert summary["status"] == "error" and summary["added"] == 24
+    # what could not be fetched is registered; the next run gets it
+    assert update(ds)["fetched"] == 24
+    assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""

@@ -18,6 +18,9 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
 * `drop_digests` (bool): file listings show `digest: ""` for every file.
 * `login_page_instead_of_401` (bool): unauthenticated requests get 200 + the HTML login page
   (what a misconfigured proxy or an old XNAT does), instead of 401.
+* `silent` (False, True or "downloads"): requests (only single-file GETs and HEADs with
+  "downloads") are read and never answered, until the fault is cleared (then the connection
+  closes unanswered): a server that accepts connections and has stopped working.
 * `redirect_to` (str, "" = off): every request is answered 302 with `Location:` this base URL
   (e.g. another server's "http://host:port") followed by the path and query asked for.
 """
@@ -40,6 +43,7 @@ DEFAULTS = {
     "drop_digests": False,
     "login_page_instead_of_401": False,
     "redirect_to": "",
+    "silent": False,
 }
 
 
@@ -82,6 +86,11 @@ class Faults:
         if rate and self._chance(rate):
             return int(self.error_status)
         return None
+
+    def silences(self, file_request: bool) -> bool:
+        """Whether a request (`file_request`: of one file) is to go unanswered now."""
+        silent = self.silent
+        return silent is True or (silent == "downloads" and file_request)
 
     def download_fault(self) -> str | None:
         """Called once per file GET: None, "fail", "truncate" or "corrupt"."""

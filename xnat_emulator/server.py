@@ -70,6 +70,9 @@ class Handler(BaseHTTPRequestHandler):
         req = Request(self.command, path, query, self.headers, body)
         req.base_url = self.server.scheme + "://" + (self.headers.get("Host")
                                     or "%s:%s" % self.server.server_address[:2])
+        if app.faults.silences(template.endswith("{path}")):
+            self._stay_silent()
+            return
         try:
             delay = float(app.faults.delay or 0)
             if not template.endswith("{path}"):
@@ -93,6 +96,12 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             # the client went away mid-response (a cancelled download): not an error here
             self.close_connection = True
+
+    def _stay_silent(self) -> None:
+        """Answer nothing while the `silent` fault lasts; then drop the connection."""
+        while self.server.app.faults.silent and not self.server.closing.is_set():
+            time.sleep(0.05)
+        self.close_connection = True
 
     def _write(self, req: Request, resp: Response) -> None:
         app: App = self.server.app
@@ -189,6 +198,7 @@ class Server(ThreadingHTTPServer):
         self.scheme = "https" if tls is not None else "http"
         self._conns: set = set()
         self._conns_lock = threading.Lock()
+        self.closing = threading.Event()  # set when the server stops: silent handlers end
         super().__init__(addr, Handler)
 
     def finish_request(self, request, client_address) -> None:
@@ -222,6 +232,7 @@ class Server(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         """Shut down open keep-alive connections (so a stopped emulator really is gone)."""
+        self.closing.set()
         with self._conns_lock:
             conns = list(self._conns)
             self._conns.clear()

@@ -303,7 +303,8 @@ class Update:
 
     def fetch(self, fetcher: Fetcher, plan: Plan, hierarchy: Hierarchy,
               fetched: Fetched) -> Iterator[dict]:
-        """Stage 3: the content; one error result per file that failed."""
+        """Stage 3: the content; one error result per file that failed, or one in all when
+        the client gave the server up (it stopped answering: every later file failed at once)."""
         total = plan.wanted
         if not total:
             fetcher.early.stop()
@@ -312,6 +313,7 @@ class Update:
         log_progress(lgr.info, pid, "Downloading %d files", total, label="Downloading",
                      total=total, unit=" files")
         done = 0
+        failures = []
         try:
             for outcome in fetcher.fetch(plan):
                 done += 1
@@ -322,15 +324,22 @@ class Update:
                     fetched.bytes += outcome.size
                     continue
                 fetched.failed += 1
-                path = hierarchy.view(outcome.relpath).path / outcome.path
-                yield get_status_dict(action=ACTION, path=str(path), type="file",
-                                      status="error", logger=lgr,
-                                      message="download failed: " + one_line(outcome.error))
+                failures.append(outcome)
         except RegistrationError as exc:
             fetched.failed += 1
             yield self.result("error", str(exc))
         finally:
             log_progress(lgr.info, pid, "Downloaded %d files", done)
+        given_up = fetcher.client.given_up
+        if failures and given_up is not None:
+            yield self.result("error", f"{given_up}; {len(failures)} files were not fetched "
+                              "(they are registered: run xnat-update again once it answers)")
+            return
+        for outcome in failures:
+            path = hierarchy.view(outcome.relpath).path / outcome.path
+            yield get_status_dict(action=ACTION, path=str(path), type="file",
+                                  status="error", logger=lgr,
+                                  message="download failed: " + one_line(outcome.error))
 
     # ------------------------------------------------------------------------------ reports
 
