@@ -232,7 +232,11 @@ def test_a_silent_server_fails_each_request_with_one_line(xnat, short_timeouts):
 def test_a_bad_timeout_setting_is_one_clear_line(xnat, monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(XnatError, match=TIMEOUT_ENV):
-        XnatClient(xnat.url, ALICE)
+        XnatClient(xnat.url, ALICE).projects()
+    closed_site_user(monkeypatch)
+    records = results("xnat-query-files", xnat.url)
+    assert len(records) == 1 and records[0]["status"] == "error", records
+    assert TIMEOUT_ENV in records[0]["message"] and "e.g. 30" in records[0]["message"]
 
 
 def test_update_against_a_server_gone_silent_ends_with_one_error(

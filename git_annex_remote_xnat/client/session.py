@@ -275,12 +275,20 @@ class Session:
         self.credential = credential
         self.retries = retries
         self.backoff_factor = backoff_factor
-        self._timeout = _timeout(configured_timeout() if timeout is None else timeout)
         self._retry = _retry_policy(retries, backoff_factor)
         # Logging in again is harmless (at worst an extra server session that idles out), so
         # the login POST is retried like an idempotent request.
         self._login_retry = _retry_policy(retries, backoff_factor, IDEMPOTENT | {"POST"})
-        self._pools = _pool_manager(self.base_url, pool_size)
+        # A bad setting in the environment (timeout, CA bundle) fails the first request, like
+        # any XnatError, so that every caller reports it as one line without handling it here.
+        self._setup_error: XnatError | None = None
+        try:
+            self._timeout = _timeout(configured_timeout() if timeout is None else timeout)
+            self._pools = _pool_manager(self.base_url, pool_size)
+        except XnatError as exc:
+            self._setup_error = exc
+            self._timeout = _timeout(DEFAULT_TIMEOUT)
+            self._pools = urllib3.PoolManager()
         self._origin = _origin(self.base_url)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -366,6 +374,8 @@ class Session:
         are the file's; listings accept compression. The session cookie goes only to the
         server's own origin. Once the server is given up on (see `_count`), nothing is sent.
         """
+        if self._setup_error is not None:
+            raise XnatError(str(self._setup_error), None, url)
         if self._given_up is not None:
             raise ServerUnreachableError(str(self._given_up), None, url)
         sent = {"User-Agent": USER_AGENT, "Accept": "*/*",
