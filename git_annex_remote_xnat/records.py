@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LEVELS = ("scan", "session", "subject", "project")
+LEVELS = ("scan", "session", "assessor", "subject", "project")
 
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One file of a project: a scan, session, subject or project resource's file.
+    """One file of a project: a scan, session, assessor, subject or project resource's file.
 
     Fields a level does not have are empty ('' ): a session resource's file has no scan, a
-    project resource's file no subject or session.
+    project resource's file no subject or session; only an assessor's (an image assessor of
+    the session: QC, segmentations, processed data) has the assessor fields.
     """
 
     project: str
@@ -32,6 +33,8 @@ class FileRecord:
     path: str           # relative path inside the resource; may contain '/'
     size: int
     md5: str | None     # lower-case hex digest as XNAT publishes it; None when it has none
+    assessor_id: str = ""
+    assessor_label: str = ""
 
     @property
     def name(self) -> str:

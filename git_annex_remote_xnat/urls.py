@@ -4,8 +4,9 @@ An `xnat:` URL names one file on one XNAT server without any secret:
 
     xnat://<host>[:<port>][<context path>]/<REST path below /data>
 
-    xnat://xnat.example.org/experiments/XNAT_E00001/scans/1/resources/DICOM/files/a/b%20c.dcm
-    xnat://xnat.example.org/experiments/XNAT_E00001/resources/BIDS/files/sub-01/anat/T1w.nii.gz
+    xnat://xnat.example.org/projects/P1/subjects/XNAT_S00001/experiments/XNAT_E00001/scans/1/resources/DICOM/files/a/b%20c.dcm
+    xnat://xnat.example.org/projects/P1/subjects/XNAT_S00001/experiments/XNAT_E00001/resources/BIDS/files/sub-01/anat/T1w.nii.gz
+    xnat://xnat.example.org/projects/P1/subjects/XNAT_S00001/experiments/XNAT_E00001/assessors/XNAT_E00003/resources/QC/files/qc.txt
     xnat://xnat.example.org/projects/P1/subjects/XNAT_S00001/resources/notes/files/x.txt
     xnat://xnat.example.org/projects/P1/resources/protocol/files/README.txt
 
@@ -14,9 +15,14 @@ Why this shape:
   setting, so a move to https is a configuration change, not a re-registration of every file.
 * The host (and context path) stays in the URL so that one dataset can track several servers and
   each special remote claims only its own server's URLs.
-* Stable identifiers only: session accession IDs (labels can be renamed), scan IDs, resource
-  labels (the numeric resource id in XNAT's listing URIs changes when a catalog is rebuilt), and
-  the relative path inside the resource, which may contain `/`.
+* The archive path of XNAT, with stable identifiers only: the project, subject and session
+  accession IDs (labels can be renamed), scan and assessor IDs, resource labels (the numeric resource id in XNAT's listing URIs changes when a catalog is rebuilt), and
+  the relative path inside the resource, which may contain `/`. The project and subject in the
+  URL say which project the file is tracked for (a session shared into two projects has a URL
+  in each), so whether a tracked file belongs to an update's scope is read from its URL alone,
+  also once its session is deleted on the server.
+* Older registrations named session and scan resources `experiments/<session ID>/...` without
+  project and subject; those URLs still work and are still parsed.
 * Every path segment is percent-encoded (`safe=""`), so the URL has no spaces (annexremote and the
   protocol's space-separated fields reject them) and `+` travels as `%2B` (XNAT decodes a bare `+`
   as a space, like Java's URLDecoder). The encoded path is exactly what the REST request needs.
@@ -28,7 +34,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from .records import FileRecord
+from .records import LEVELS, FileRecord
 
 SCHEME = "xnat"
 _PREFIX = SCHEME + "://"
@@ -89,15 +95,21 @@ def _quote_path(path: str) -> str:
 def _level_path(record: FileRecord) -> str:
     """REST path (below /data) of the entity that owns the record's resource."""
     quoted = lambda value: quote(value, safe="")  # noqa: E731
-    if record.level == "scan":
-        return f"experiments/{quoted(record.session_id)}/scans/{quoted(record.scan_id)}"
-    if record.level == "session":
-        return f"experiments/{quoted(record.session_id)}"
-    if record.level == "subject":
-        return f"projects/{quoted(record.project)}/subjects/{quoted(record.subject_id)}"
+    if record.level not in LEVELS:
+        raise XnatUrlError(f"unknown resource level {record.level!r}")
+    path = f"projects/{quoted(record.project)}"
     if record.level == "project":
-        return f"projects/{quoted(record.project)}"
-    raise XnatUrlError(f"unknown resource level {record.level!r}")
+        return path
+    if record.subject_id:
+        path += f"/subjects/{quoted(record.subject_id)}"
+    if record.level == "subject":
+        return path
+    path += f"/experiments/{quoted(record.session_id)}"
+    if record.level == "scan":
+        return path + f"/scans/{quoted(record.scan_id)}"
+    if record.level == "assessor":
+        return path + f"/assessors/{quoted(record.assessor_id)}"
+    return path
 
 
 def file_url(base_url: str, record: FileRecord) -> str:
@@ -135,8 +147,9 @@ def rest_path(xnat_url: str, base_url: str) -> str:
 class FileLocation:
     """What an xnat: file URL names, decoded: the owner of the resource, the resource, the file.
 
-    `project` and `subject_id` are empty for session and scan resources (their URL names the
-    session by its accession ID only); `scan_id` is set for scan resources only.
+    `project` and `subject_id` are empty for session and scan resources registered in the older
+    form (`experiments/<ID>/...`, the session by its accession ID only); `scan_id` is set for
+    scan resources only, `assessor_id` for assessor resources only.
     """
 
     level: str
@@ -146,12 +159,14 @@ class FileLocation:
     scan_id: str
     resource: str
     path: str
+    assessor_id: str = ""
 
 
 _LOCATION = re.compile(
-    r"^(?:experiments/(?P<session>[^/]+)(?:/scans/(?P<scan>[^/]+))?"
-    r"|projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)"
-    r"/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
+    r"^(?:projects/(?P<project>[^/]+)/)?(?:subjects/(?P<subject>[^/]+)/)?"
+    r"(?:experiments/(?P<session>[^/]+)/"
+    r"(?:scans/(?P<scan>[^/]+)/|assessors/(?P<assessor>[^/]+)/(?:(?:in|out)/)?)?)?"
+    r"resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
 
 
 def parse_file_url(xnat_url: str, base_url: str) -> FileLocation | None:
@@ -163,11 +178,13 @@ def parse_file_url(xnat_url: str, base_url: str) -> FileLocation | None:
     if not claims(xnat_url, base_url):
         return None
     match = _LOCATION.match(xnat_url[len(f"{_PREFIX}{server_id(base_url)}/"):])
-    if match is None:
+    if match is None or not (match["project"] or match["session"]):
         return None
     parts = {name: unquote(value or "") for name, value in match.groupdict().items()}
     if parts["scan"]:
         level = "scan"
+    elif parts["assessor"]:
+        level = "assessor"
     elif parts["session"]:
         level = "session"
     elif parts["subject"]:
@@ -176,7 +193,7 @@ def parse_file_url(xnat_url: str, base_url: str) -> FileLocation | None:
         level = "project"
     resource = "" if parts["resource"] == "NULL" else parts["resource"]
     return FileLocation(level, parts["project"], parts["subject"], parts["session"],
-                        parts["scan"], resource, parts["path"])
+                        parts["scan"], resource, parts["path"], parts["assessor"])
 
 
 def file_name(xnat_url: str) -> str:

@@ -56,12 +56,17 @@ def test_listings_are_typed(xnat):
 def test_enumeration_covers_every_level_with_few_requests(xnat):
     xnat.counters.reset()
     records = public1_records(xnat)
-    sessions = 2
+    sessions, assessors = 2, 1
     # subjects + experiments + per session (scans/ALL/files + scans) + project, subject and
-    # session level batches: about one request per session plus a handful.
-    assert xnat.counters.total <= 2 * sessions + 8, xnat.counters.snapshot()
+    # session level batches (files, assessors) + per assessor its files: about one request per
+    # session plus a handful.
+    assert xnat.counters.total <= 2 * sessions + 9 + assessors, xnat.counters.snapshot()
     levels = {r.level for r in records}
-    assert levels == {"scan", "session", "subject", "project"}
+    assert levels == {"scan", "session", "assessor", "subject", "project"}
+    qc = [r for r in records if r.level == "assessor"]
+    assert {(r.session_id, r.assessor_id, r.assessor_label, r.resource, r.path) for r in qc} == {
+        ("XNAT_E00001", "XNAT_E00003", "SUBJ01_MR1_QC", "QC", "qc_report.txt"),
+        ("XNAT_E00001", "XNAT_E00003", "SUBJ01_MR1_QC", "QC", "metrics/metrics.json")}
     by_path = {(r.session_id, r.scan_id, r.resource, r.path): r for r in records}
     mat = by_path[("XNAT_E00001", "BOLD_1", "MAT", "bold xfm+run #1.mat")]
     assert (mat.size, mat.scan_type, mat.subject_label, mat.session_label) == (

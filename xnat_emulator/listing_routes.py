@@ -70,7 +70,9 @@ def _experiment_row(e: Experiment, pid: str | None) -> dict:
            "label": e.label_in(pid) if pid else e.label, "insert_date": e.insert_date,
            "time": e.time, "insert_user": e.insert_user, "URI": f"/data/experiments/{e.id}",
            "subject_ID": e.subject.id,
-           "subject_label": e.subject.label_in(pid) if pid else e.subject.label,
+           # the subject's own label, as XNAT's subject_label column shows it (seen: a subject
+           # shared into the listed project keeps its primary project's label here)
+           "subject_label": e.subject.label,
            "subject_project": e.subject.project.id, "last_modified": e.insert_date,
            "note": "", "visit_id": ""}
     if e.is_assessor:

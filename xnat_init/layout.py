@@ -17,16 +17,19 @@ Placeholders (labels are what users see in XNAT's UI, IDs are accession numbers)
 
 Resources that do not belong to a scan (session-, subject- and project-level resources) have no
 scan (or session, or subject), so their folders are the pathfmt cut before the first segment that
-uses a placeholder they lack (or ``{resource}``), followed by ``resources/<resource label>/``.
-With the default pathfmt::
+uses a placeholder they lack (or ``{resource}``), followed by ``resources/<resource label>/``;
+an image assessor's resources (QC, segmentations, processed data) go beside its session's, in
+``assessors/<assessor label>/<resource label>/``. With the default pathfmt::
 
     SUBJ01/SUBJ01_MR1/1/file.dcm                  scan 1, any resource
     SUBJ01/SUBJ01_MR1/resources/BIDS/sub-01/...   session resource BIDS
+    SUBJ01/SUBJ01_MR1/assessors/SUBJ01_MR1_QC/QC/qc_report.txt
+                                                  resource QC of the assessor SUBJ01_MR1_QC
     SUBJ01/resources/notes/x.txt                  subject resource notes
     resources/protocol/README.txt                 project resource protocol
 
 That layout is collision-free by construction: a rendered segment that would itself be
-``resources`` (a scan with ID ``resources``) becomes ``resources_``. Anything that still renders
+``resources`` or ``assessors`` (a scan with ID ``resources``) gets a ``_`` appended. Anything that still renders
 two files to one path (a pathfmt without ``{resource}`` and two resources with the same file
 name, say) is reported by :class:`CollisionTracker`.
 
@@ -37,6 +40,7 @@ or file name may lead out of the dataset or into ``.git``/``.datalad``.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from array import array
 from itertools import islice
@@ -44,16 +48,19 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from git_annex_remote_xnat.records import FileRecord
+from git_annex_remote_xnat.urls import FileLocation
 
 PLACEHOLDERS = ("project", "subject", "session", "subject_id", "session_id", "scan",
                 "scan_type", "resource")
 DEFAULT_PATHFMT = "{subject}/{session}/{scan}/"
 RESOURCES_DIR = "resources"
+ASSESSORS_DIR = "assessors"
 
 # Placeholders a record of each level lacks (a non-scan record's folders stop before them).
 _UNAVAILABLE = {
     "scan": frozenset(),
     "session": frozenset({"scan", "scan_type", "resource"}),
+    "assessor": frozenset({"scan", "scan_type", "resource"}),
     "subject": frozenset({"scan", "scan_type", "resource", "session", "session_id"}),
     "project": frozenset({"scan", "scan_type", "resource", "session", "session_id",
                           "subject", "subject_id"}),
@@ -115,7 +122,7 @@ class _Segment:
             return text
         if text == "":
             return "_"
-        if text == RESOURCES_DIR:  # keep the non-scan resources folder unambiguous
+        if text in (RESOURCES_DIR, ASSESSORS_DIR):  # keep the non-scan folders unambiguous
             return text + "_"
         if text.startswith("."):
             return "_" + text[1:]
@@ -147,6 +154,7 @@ class PathFormat:
         # Folder prefixes are shared by many files (one scan resource holds hundreds), so cache
         # the rendered (dataset, folder) per value tuple. Bounded, to keep memory flat.
         self._cache: dict[tuple, tuple[str, str]] = {}
+        self._patterns: dict[tuple, re.Pattern[str]] = {}
 
     @staticmethod
     def _parse(pathfmt: str) -> list[_Segment]:
@@ -226,7 +234,7 @@ class PathFormat:
             raise LayoutError(f"unknown resource level {level!r}") from None
         cache_key = (level, record.project, record.subject_id, record.subject_label,
                      record.session_id, record.session_label, record.scan_id, record.scan_type,
-                     record.resource)
+                     record.resource, record.assessor_label)
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
@@ -235,14 +243,15 @@ class PathFormat:
         dataset = ""
         for segment in self.segments:
             if segment.fields & unavailable:
-                folder += RESOURCES_DIR + "/" + (_segment_text(values["resource"])) + "/"
                 break
             folder += segment.render(values) + "/"
             if segment.dataset_boundary:
                 dataset = folder[:-1]
-        else:
-            if level != "scan":
-                folder += RESOURCES_DIR + "/" + _segment_text(values["resource"]) + "/"
+        if level == "assessor":
+            folder += (f"{ASSESSORS_DIR}/{_segment_text(sanitize_label(record.assessor_label))}/"
+                       f"{_segment_text(values['resource'])}/")
+        elif level != "scan":
+            folder += RESOURCES_DIR + "/" + _segment_text(values["resource"]) + "/"
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[cache_key] = (dataset, folder)
@@ -253,6 +262,49 @@ class PathFormat:
         check_relative_path(record.path)
         dataset, folder = self.folder(record)
         return RenderedPath(dataset, folder + record.path)
+
+    def may_hold(self, path: str, location: FileLocation) -> bool:
+        """Whether `path` (from the top dataset) is where this layout puts the file an xnat: URL
+        names, as far as the URL tells: its IDs, resource and file path must be rendered as the
+        layout renders them, while labels (an xnat: URL has none) may be anything.
+
+        An update owns a tracked file only where its layout put it: a user's copy of the file
+        elsewhere (`cp -P` into `analysis/`) is the user's.
+        """
+        if not path.endswith("/" + location.path):
+            return False
+        known = {"project": location.project, "subject_id": location.subject_id,
+                 "session_id": location.session_id, "scan": location.scan_id,
+                 "resource": location.resource}
+        key = (location.level, *known.values())
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            if len(self._patterns) > 4096:
+                self._patterns.clear()
+            pattern = self._patterns[key] = re.compile(self._folder_pattern(location.level,
+                                                                            known))
+        return pattern.fullmatch(path[:-len(location.path)]) is not None
+
+    def _folder_pattern(self, level: str, known: dict[str, str]) -> str:
+        """A regular expression of the folders of a level's files: segments whose placeholders
+        are all known rendered exactly, any other segment one folder of any name."""
+        unavailable = _UNAVAILABLE.get(level)
+        if unavailable is None:
+            return "(?!)"
+        values = {name: sanitize_label(known.get(name, "")) for name in PLACEHOLDERS}
+        fixed = {name for name, value in known.items() if value}
+        pattern = ""
+        for segment in self.segments:
+            if segment.fields & unavailable:
+                break
+            pattern += (re.escape(segment.render(values)) if segment.fields <= fixed
+                        else "[^/]+") + "/"
+        resource = re.escape(_segment_text(values["resource"]))
+        if level == "assessor":
+            pattern += f"{ASSESSORS_DIR}/[^/]+/{resource}/"
+        elif level != "scan":
+            pattern += f"{RESOURCES_DIR}/{resource}/"
+        return pattern
 
     def datasets(self, dataset: str) -> list[str]:
         """The chain of datasets from the top down to `dataset` (which it ends with), without ''."""

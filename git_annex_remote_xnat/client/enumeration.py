@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 from ..records import LEVELS, FileRecord
 from . import listings
 from .errors import AuthenticationError, NotFoundError, ServerUnreachableError, XnatError
-from .listings import Experiment, RemoteFile, Scan, uri_part
+from .listings import Assessor, Experiment, RemoteFile, Scan, uri_part
 from .session import Session
 
 # Comma lists of session or subject IDs per request for level-wide file listings.
@@ -57,12 +57,13 @@ class Enumeration:
 
         Requests: the subjects and the experiments listing; per session one `scans/ALL/files`
         listing (every scan's files at once); per ID_BATCH sessions one `scans` listing (scan
-        types) and one `files` listing (session resources), using XNAT's comma lists of IDs;
+        types), one `files` listing (session resources) and one `assessors` listing, using
+        XNAT's comma lists of IDs; per image assessor one `files` listing;
         one project `files` listing; subject resources per ID_BATCH subjects, or per subject
         when the server refuses comma lists there. A server that refuses a comma list gets one
         request per ID instead. `jobs` requests run at a time; memory stays bounded.
         `subject` and `experiment` match an ID or a label; `resources` keeps only those labels;
-        `levels` limits which of 'scan', 'session', 'subject', 'project' are listed; `walk`,
+        `levels` limits which of LEVELS are listed; `walk`,
         when given, is told the subjects and sessions walked.
         """
         session = self._session
@@ -116,37 +117,49 @@ class Enumeration:
         batches = [session_ids[i:i + ID_BATCH] for i in range(0, len(session_ids), ID_BATCH)]
         batch_of = {eid: n for n, batch in enumerate(batches) for eid in batch}
         batch_locks = [threading.Lock() for _ in batches]
-        batch_data: dict[int, tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]] = {}
+        batch_data: dict[int, _SessionBatch] = {}
 
-        def session_batch(n: int) -> tuple[dict[str, dict[str, str]], dict[str, list[RemoteFile]]]:
-            """Scan types and session-level files of a batch of sessions, fetched once."""
+        def session_batch(n: int) -> _SessionBatch:
+            """Scan types, session-level files and assessors of a batch of sessions, fetched
+            once."""
             with batch_locks[n]:
                 if n not in batch_data:
                     ids = batches[n]
-                    types = self._scan_types(ids) if need_types else {}
-                    own = (self._files_by_owner("/data/experiments/", ids, "experiments")
-                           if "session" in levels else {})
-                    batch_data[n] = (types, own)
+                    batch_data[n] = _SessionBatch(
+                        self._scan_types(ids) if need_types else {},
+                        (self._files_by_owner("/data/experiments/", ids, "experiments")
+                         if "session" in levels else {}),
+                        self._assessors(ids) if "assessor" in levels else {})
                 return batch_data[n]
 
         def session_task(exp: Experiment) -> Callable[[], list[FileRecord]]:
             def run() -> list[FileRecord]:
-                types, own = session_batch(batch_of[exp.id])
+                batch = session_batch(batch_of[exp.id])
                 subj = subjects.get(exp.subject_id)
-                head = (project, exp.subject_id, exp.subject_label or (subj.label if subj else ""),
+                # The project's subject listing has the subject's label in this project (a
+                # shared subject has its own there); a session row may carry its primary one.
+                head = (project, exp.subject_id, subj.label if subj else exp.subject_label,
                         exp.id, exp.label)
                 records = []
                 if "scan" in levels:
-                    session_types = types.get(exp.id, {})
+                    session_types = batch.scan_types.get(exp.id, {})
                     for row in session.rows(f"/data/experiments/{quote(exp.id, safe='')}"
                                             "/scans/ALL/files"):
                         remote_file = RemoteFile.from_row(row)
                         scan_id = unquote(uri_part(remote_file.uri, "scans"))
                         records.append(FileRecord(*head, scan_id, session_types.get(scan_id, ""),
                                                   "scan", *self._record_tail(remote_file)))
-                for remote_file in own.get(exp.id, []):
+                for remote_file in batch.own_files.get(exp.id, []):
                     records.append(FileRecord(*head, "", "", "session",
                                               *self._record_tail(remote_file)))
+                for assessor in batch.assessors.get(exp.id, []):
+                    path = (f"/data/experiments/{quote(exp.id, safe='')}"
+                            f"/assessors/{quote(assessor.id, safe='')}")
+                    for remote_file in self._level_files(path):
+                        records.append(FileRecord(*head, "", "", "assessor",
+                                                  *self._record_tail(remote_file),
+                                                  assessor_id=assessor.id,
+                                                  assessor_label=assessor.label))
                 return keep(records)
             return run
         tasks.extend(session_task(exp) for exp in sessions)
@@ -240,6 +253,19 @@ class Enumeration:
                 found.setdefault(owner, []).append(remote_file)
         return found
 
+    def _assessors(self, session_ids: list[str]) -> dict[str, list[Assessor]]:
+        """{session ID: its image assessors}: one `assessors` listing per batch, or per session."""
+        rows = self._comma_list("/data/experiments/", session_ids, "/assessors")
+        found: dict[str, list[Assessor]] = {}
+        if rows is None:
+            rows = [row for session_id in session_ids
+                    for row in self._session.rows(
+                        f"/data/experiments/{quote(session_id, safe='')}/assessors")]
+        for row in rows:
+            assessor = Assessor.from_row(row)
+            found.setdefault(assessor.session_id, []).append(assessor)
+        return found
+
     def _scan_types(self, session_ids: list[str]) -> dict[str, dict[str, str]]:
         """{session ID: {scan ID: type}}: one `scans` listing per batch, or per session."""
         rows = self._comma_list("/data/experiments/", session_ids, "/scans")
@@ -256,6 +282,15 @@ class Enumeration:
             types[session_id] = {scan.id: scan.type
                                  for scan in listings.scans(self._session, session_id)}
         return types
+
+
+@dataclass
+class _SessionBatch:
+    """What is listed once for a batch of sessions and read by each session's task."""
+
+    scan_types: dict[str, dict[str, str]]        # session ID -> scan ID -> type
+    own_files: dict[str, list[RemoteFile]]       # session ID -> files of its own resources
+    assessors: dict[str, list[Assessor]]         # session ID -> its image assessors
 
 
 def _ordered_map(func: Callable[[Any], Any], items: list[Any], jobs: int) -> Iterator[Any]:

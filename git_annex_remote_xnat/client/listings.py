@@ -97,6 +97,20 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class Assessor:
+    """An image assessor (QC, segmentation, processed data) of a session."""
+
+    id: str
+    label: str
+    session_id: str
+    uri: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Assessor":
+        return _with_uri(cls, row, "experiments", "label", "session_ID")
+
+
+@dataclass(frozen=True)
 class Scan:
     id: str
     type: str

@@ -39,7 +39,7 @@ from git_annex_remote_xnat.urls import file_url
 from ..common import dataset_param, filter_params, resolve_credential
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
 from ..layout import LayoutError, PathFormat
-from .datasets import Hierarchy
+from .datasets import Hierarchy, tree_above
 from .fetch import Fetcher, hash_contents
 from .gitannex import RegistrationError, current_branch, git_dir
 from .helpers import helper_processes
@@ -185,6 +185,13 @@ class Update:
             current_branch(self.top)
         except RegistrationError as exc:
             yield self.result("impossible", str(exc))
+            return
+        top_of_tree = tree_above(self.ds, self.config)
+        if top_of_tree is not None:
+            yield self.result(
+                "impossible", f"this dataset is a subdataset of the XNAT tree of {top_of_tree} "
+                f"(instance '{self.config.name}'); run the update in that superdataset: "
+                f"datalad -C {top_of_tree} xnat-update")
             return
         hierarchy = Hierarchy(self.ds, fmt)
         fetch_processes = hierarchy.view("").settings.fetch_processes

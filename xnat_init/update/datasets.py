@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..config import DatasetSettings
+from ..config import DatasetSettings, XnatConfig, read_config
 from ..layout import PathFormat
 from .gitannex import TrackedTree, current_branch
 
@@ -95,3 +95,20 @@ class Hierarchy:
         """The subdatasets looked at whose superdataset is `relpath`."""
         return [view for view in self._views.values()
                 if view.relpath and self.parent_of(view.relpath) == relpath]
+
+
+def tree_above(ds, config: XnatConfig) -> Path | None:
+    """The superdataset whose update made `ds` one of its `//` subdatasets (the same instance
+    of the same server and project, with a pathfmt that has subdatasets), or None.
+
+    Such a subdataset carries the instance's configuration so that clones can fetch; an update
+    run in it would lay the whole project out inside it, so the update is run from the top.
+    """
+    superdataset = ds.get_superdataset(datalad_only=True)
+    while superdataset is not None:
+        above = read_config(Path(superdataset.path), config.name)
+        if above is not None and (above.url, above.project) == (config.url, config.project) \
+                and "//" in above.pathfmt:
+            return Path(superdataset.path)
+        superdataset = superdataset.get_superdataset(datalad_only=True)
+    return None

@@ -10,9 +10,10 @@ Input: the server's file records (as the client lists them) and the datasets as 
   files to register (and, in the default mode, files whose content is wanted) go to the
   dataset's spool on disk, not into Python objects, so memory stays flat;
 
-and each file a dataset tracks that the server no longer lists is *gone* when its xnat: URL
-is of this instance's server and inside its scope (Scope); it is removed only with
---remove-gone. Counts are those of the change sets, summed where a total is shown.
+and each file a dataset tracks that the server no longer lists is *gone* when this instance owns
+it: an xnat: URL of its server inside its scope (Scope), at the path the layout gives that URL
+(a user's copy elsewhere is not the instance's) and not listed any more (the same content listed
+elsewhere, by this or another instance, keeps it). It is removed only with --remove-gone. Counts are those of the change sets, summed where a total is shown.
 
 Files without an XNAT digest get their key from their content: the planner hands them out
 (unkeyed), the caller downloads and hashes them (fetch.hash_contents) and gives each key back
@@ -22,13 +23,14 @@ Files without an XNAT digest get their key from their content: the planner hands
 from __future__ import annotations
 
 import tempfile
+from array import array
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from git_annex_remote_xnat.client import Walk
 from git_annex_remote_xnat.keys import key_size, md5e_key
 from git_annex_remote_xnat.records import FileRecord
-from git_annex_remote_xnat.urls import parse_file_url
+from git_annex_remote_xnat.urls import FileLocation, parse_file_url
 
 from ..layout import (
     CollisionTracker,
@@ -36,6 +38,7 @@ from ..layout import (
     PathFormat,
     RenderedPath,
     describe_collisions,
+    path_hash,
 )
 from .datasets import DatasetView, Hierarchy
 from .gitannex import key_urls, symlink_fingerprint, tracked_keys
@@ -121,8 +124,9 @@ class Plan:
 
 class Scope:
     """Which registered xnat: URLs this update is responsible for: those of its server in its
-    project, subject, experiment and collections. `walk` holds the accession IDs of the
-    subjects and sessions the listing walked (filled by the client's enumeration)."""
+    project and in its subject, experiment and collections where given. `walk` holds the
+    accession IDs of the subjects and sessions the listing walked (filled by the client's
+    enumeration): the selected ones, also when a filter named them by label."""
 
     def __init__(self, base_url: str, project: str, subject: str | None,
                  experiment: str | None, collections: list[str], walk: Walk) -> None:
@@ -133,19 +137,27 @@ class Scope:
         self.collections = collections
         self.walk = walk
 
-    def contains(self, url: str) -> bool:
+    def location(self, url: str) -> FileLocation | None:
+        """What `url` names when it is inside the scope, else None."""
         location = parse_file_url(url, self.base_url)
         if location is None:
-            return False
+            return None
         if self.collections and location.resource not in self.collections:
-            return False
-        if location.level in ("scan", "session"):
-            return location.session_id in self.walk.sessions
-        if location.project != self.project or self.experiment:
-            return False
+            return None
+        if not location.project:
+            # The older form names a session by its ID only: inside when the listing walked it.
+            return location if location.session_id in self.walk.sessions else None
+        if location.project != self.project:
+            return None
+        if location.level == "project":
+            return None if self.subject or self.experiment else location
+        if self.subject and location.subject_id not in self.walk.subjects:
+            return None
         if location.level == "subject":
-            return location.subject_id in self.walk.subjects
-        return not self.subject
+            return None if self.experiment else location
+        if self.experiment and location.session_id not in self.walk.sessions:
+            return None
+        return location
 
 
 @dataclass
@@ -177,6 +189,7 @@ class Planner:
         self._conflicts: list[str] = []
         self._unkeyed: list[_Unkeyed] = []
         self._unseen_keys: dict[str, dict[str, str]] = {}
+        self._listed_urls = array("Q")  # fingerprints of every URL the server listed
 
     def change_set(self, relpath: str) -> ChangeSet:
         found = self.change_sets.get(relpath)
@@ -191,6 +204,7 @@ class Planner:
 
     def add(self, record: FileRecord, url: str) -> None:
         """One file the server lists, with its xnat: URL."""
+        self._listed_urls.append(path_hash(url))
         try:
             rendered = self.fmt.render(record)
         except LayoutError as exc:
@@ -322,7 +336,15 @@ class Planner:
             change_set.close()
 
     def finish(self) -> Plan:
-        """The plan, with the files gone from the server found."""
+        """The plan, with the files gone from the server found.
+
+        A tracked file the listing did not put where it is is gone when one of its key's URLs
+        is inside the scope, was not listed, and is one the layout puts at that path (labels
+        aside, which a URL does not carry). A URL the server still lists was put at its path
+        this time, so it says nothing about this one: the same content elsewhere (another
+        session, another instance's project) keeps the file.
+        """
+        found: list[tuple[ChangeSet, str, list[str]]] = []
         for relpath in list(self.change_sets):
             change_set = self.change_sets[relpath]
             tree = change_set.view.tree
@@ -332,8 +354,22 @@ class Planner:
                 continue
             urls = key_urls(change_set.view.path, {key for _, key in candidates})
             for path, key in candidates:
-                if any(self.scope.contains(url) for url in urls.get(key, [])):
-                    change_set.gone.append(path)
-                    change_set.counts.gone += 1
-                    change_set.counts.removed += self.options.remove_gone
+                full_path = f"{relpath}/{path}" if relpath else path
+                owned = [url for url in urls.get(key, [])
+                         if (location := self.scope.location(url)) is not None
+                         and self.fmt.may_hold(full_path, location)]
+                if owned:
+                    found.append((change_set, path, owned))
+        listed = self._listed({path_hash(url) for _, _, owned in found for url in owned})
+        for change_set, path, owned in found:
+            if any(path_hash(url) not in listed for url in owned):
+                change_set.gone.append(path)
+                change_set.counts.gone += 1
+                change_set.counts.removed += self.options.remove_gone
         return Plan(self.change_sets, self.failures)
+
+    def _listed(self, fingerprints: set[int]) -> set[int]:
+        """Those of `fingerprints` the server listed (one pass over the flat array)."""
+        if not fingerprints:
+            return set()
+        return {fp for fp in self._listed_urls if fp in fingerprints}

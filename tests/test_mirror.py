@@ -1,0 +1,135 @@
+"""The dataset is an exact mirror of what its instance lists, and nothing else is touched.
+
+An instance owns the tracked files whose xnat: URL is of its server and inside its scope and
+that stand where its layout puts them; an owned file the server no longer lists is gone, at
+whatever level it disappeared. Against the emulator, with real DataLad and git-annex.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+from tests.test_xnat_commands import (  # noqa: F401 (fixtures)
+    alice, annex_key, datalad, ds, init, results, update)
+
+
+def tracked(ds: Path) -> set[str]:
+    """Every annexed file of the dataset (subdatasets included), relative to it."""
+    out = run(["git", "annex", "find", "--include", "*"], cwd=ds).stdout.splitlines()
+    found = set(out)
+    subs = run(["git", "submodule", "--quiet", "foreach", "--recursive",
+                "git annex find --include '*' | sed \"s|^|$displaypath/|\""], cwd=ds,
+               check=False).stdout.splitlines()
+    return found | set(subs)
+
+
+def listed_paths(xnat, project: str) -> set[str]:
+    return {f"{f.subject_label}/{f.session_label}/{f.scan_id}/{f.path}"
+            for f in xnat.iter_files(project) if f.level == "scan"}
+
+
+def test_two_instances_in_one_dataset_leave_each_other_alone(xnat, alice, ds):
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    init(ds, xnat.url, "-p", "SHARED2", "--name", "second")
+    update(ds, "--reckless", "fast")
+    update(ds, "--reckless", "fast", "--name", "second")
+    before = tracked(ds)
+    assert listed_paths(xnat, "PUBLIC1") | listed_paths(xnat, "SHARED2") <= before
+
+    for args in ((), ("--name", "second")):
+        summary = update(ds, "--reckless", "fast", "--remove-gone", *args)
+        assert (summary["gone"], summary["removed"], summary["added"]) == (0, 0, 0), summary
+    assert tracked(ds) == before
+    shared = "SHR_SUBJ01/SHR_SUBJ01_MR1/1"  # fetched through the second instance's project
+    datalad("get", shared, cwd=ds)
+    assert all(p.read_bytes() for p in (ds / shared).iterdir())
+
+
+def test_a_users_copy_of_a_tracked_file_is_not_the_instances(xnat, alice, ds):
+    init(ds, xnat.url, "-p", "PUBLIC1", "-c", "DICOM")
+    update(ds, "--reckless", "fast")
+    original = "SUBJ02/SUBJ02_MR1/1/" + next(
+        f.path for f in xnat.iter_files("PUBLIC1")
+        if f.session_id == "XNAT_E00002" and f.scan_id == "1" and f.resource == "DICOM")
+    (ds / "analysis").mkdir()
+    shutil.copy(ds / original, ds / "analysis" / "mine.dcm", follow_symlinks=False)
+    datalad("save", "-m", "my copy", cwd=ds)
+
+    assert update(ds, "--reckless", "fast", "--remove-gone")["gone"] == 0
+    xnat.delete_file(original.rsplit("/", 1)[1], resource="DICOM", session="XNAT_E00002",
+                     scan="1")
+    summary = update(ds, "--reckless", "fast", "--remove-gone")
+    assert (summary["gone"], summary["removed"]) == (1, 1), summary
+    assert not os.path.lexists(ds / original)
+    assert os.path.islink(ds / "analysis" / "mine.dcm")
+    assert annex_key(ds, "analysis/mine.dcm")
+
+
+def _delete(xnat, level: str) -> None:
+    if level == "subject":
+        xnat.delete_subject("SUBJ02", project="PUBLIC1")
+    elif level == "session":
+        xnat.delete_session("SUBJ02_MR1", project="PUBLIC1")
+    elif level == "scan":
+        xnat.delete_scan("XNAT_E00002", "501")
+    else:
+        xnat.delete_resource("NIFTI", session="XNAT_E00002", scan="2")
+
+
+@pytest.mark.parametrize("level", ["subject", "session", "scan", "resource"])
+def test_whatever_disappears_from_the_server_makes_its_files_gone(level, xnat, alice, ds):
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    update(ds, "--reckless", "fast")
+    before = tracked(ds)
+    _delete(xnat, level)
+    still_listed = listed_paths(xnat, "PUBLIC1")
+    expected_gone = {p for p in before
+                     if p.startswith("SUBJ02/") and p.count("/") >= 3 and p not in still_listed
+                     and "/resources/" not in p}
+    if level in ("subject", "session"):
+        expected_gone |= {p for p in before if p.startswith("SUBJ02/SUBJ02_MR1/resources/")}
+    assert expected_gone
+
+    reported = update(ds, "--reckless", "fast")
+    assert reported["gone"] == len(expected_gone), reported
+    assert tracked(ds) == before
+    removed = update(ds, "--reckless", "fast", "--remove-gone")
+    assert removed["removed"] == len(expected_gone)
+    assert tracked(ds) == before - expected_gone
+    assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
+
+
+def test_update_from_inside_a_subdataset_refuses(xnat, alice, ds):
+    init(ds, xnat.url, "-p", "PUBLIC1", "-F", "{subject}//{session}/{scan}/", "-c", "NIFTI")
+    update(ds, "--reckless", "fast")
+    sub = ds / "SUBJ01"
+    head = run(["git", "rev-parse", "HEAD"], cwd=sub).stdout
+    records = results("xnat-update", "--reckless", "fast", cwd=sub)
+    refused = [r for r in records if r["status"] in ("impossible", "error")]
+    assert refused and "superdataset" in refused[0]["message"], records
+    assert run(["git", "rev-parse", "HEAD"], cwd=sub).stdout == head
+    assert not (sub / "SUBJ01").exists() and not (sub / "SUBJ02").exists()
+
+
+def test_assessor_resources_are_tracked_under_their_session(xnat, alice, ds):
+    init(ds, xnat.url, "-p", "PUBLIC1", "-e", "SUBJ01_MR1")
+    summary = update(ds)
+    base = "SUBJ01/SUBJ01_MR1/assessors/SUBJ01_MR1_QC/QC"
+    assert (ds / base / "qc_report.txt").read_text() == "QC passed for SUBJ01_MR1.\n"
+    assert (ds / base / "metrics" / "metrics.json").exists()
+    listed = sum(1 for f in xnat.iter_files("PUBLIC1") if f.session_id == "XNAT_E00001")
+    assert summary["added"] == listed
+    xnat.delete_session("SUBJ01_MR1_QC", project="PUBLIC1")
+    assert update(ds, "--reckless", "fast")["gone"] == 2
+
+
+def test_a_shared_subject_appears_under_its_label_in_the_tracked_project(xnat, alice, ds):
+    init(ds, xnat.url, "-p", "SHARED2", "-c", "DICOM")
+    update(ds, "--reckless", "fast")
+    assert (ds / "SHR_SUBJ01" / "SHR_SUBJ01_MR1" / "1").is_dir()
+    assert not (ds / "SUBJ01").exists()
