@@ -48,23 +48,49 @@ class XnatUrlError(ValueError):
     """A string that is not a usable XNAT base URL or xnat: URL."""
 
 
+def masked_url(url: str) -> str:
+    """`url` with whatever may be a user name and password (up to its last `@`) shown as `***`.
+
+    For messages about a URL that is refused or unparsable: it cannot be trusted to parse, so
+    everything before the last `@` after the scheme goes, a password with a `/` in it too.
+    """
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("//")
+    if not sep or "@" in scheme:
+        scheme, rest = "", url
+    else:
+        scheme += sep
+    return f"{scheme}***@{rest.rsplit('@', 1)[1]}"
+
+
 def normalize_base_url(url: str) -> str:
     """`HTTPS://Host:443/xnat/` -> `https://host:443/xnat`: the form every module compares.
 
     Raises XnatUrlError for anything that is not an http(s) URL without query, fragment or
-    credentials, because a secret in `url=` would be stored in git-annex's branch.
+    credentials, because a secret in `url=` would be stored in git-annex's branch. The
+    messages never show a password (masked_url).
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise XnatUrlError(
-            f"{url!r} is not an XNAT server URL; give it as http(s)://host[:port][/path]"
+            f"{masked_url(url.strip())!r} is not an XNAT server URL; "
+            "give it as http(s)://host[:port][/path]"
         )
-    if parts.username is not None or parts.password is not None:
+    try:
+        parts.port  # parsed lazily: raises here for a port that is not a number
+        port_error = False
+    except ValueError:  # "http://user:pass/word@host" too: the password taken for a port
+        port_error = True
+    if parts.username is not None or parts.password is not None or (port_error and "@" in url):
         raise XnatUrlError(
             "the server URL must not contain a user name or password; "
             "use --credential and the keyring or DATALAD_CREDENTIAL_* variables instead"
         )
+    if port_error:
+        raise XnatUrlError(f"{url.strip()!r} has a port that is not a number; "
+                           "give it as http(s)://host[:port][/path]")
     if parts.query or parts.fragment:
         raise XnatUrlError("the server URL must not have a query (?...) or fragment (#...)")
     return f"{scheme}://{_server_id(url)}"
@@ -88,13 +114,19 @@ def server_id(base_url: str) -> str:
     return _server_id(normalize_base_url(base_url))
 
 
+def _quote(value: str) -> str:
+    """One percent-encoded segment. A lone surrogate (a name that is not valid UTF-8) is
+    encoded as is instead of raising, so such a file still has a URL to be reported by."""
+    return quote(value, safe="", errors="surrogatepass")
+
+
 def _quote_path(path: str) -> str:
-    return "/".join(quote(segment, safe="") for segment in path.strip("/").split("/"))
+    return "/".join(_quote(segment) for segment in path.strip("/").split("/"))
 
 
 def _level_path(record: FileRecord) -> str:
     """REST path (below /data) of the entity that owns the record's resource."""
-    quoted = lambda value: quote(value, safe="")  # noqa: E731
+    quoted = _quote
     if record.level not in LEVELS:
         raise XnatUrlError(f"unknown resource level {record.level!r}")
     path = f"projects/{quoted(record.project)}"
@@ -117,7 +149,7 @@ def file_url(base_url: str, record: FileRecord) -> str:
     resource = record.resource or "NULL"  # XNAT addresses a resource with an empty label as NULL
     return (
         f"{_PREFIX}{server_id(base_url)}/{_level_path(record)}"
-        f"/resources/{quote(resource, safe='')}/files/{_quote_path(record.path)}"
+        f"/resources/{_quote(resource)}/files/{_quote_path(record.path)}"
     )
 
 

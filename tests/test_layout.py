@@ -174,3 +174,33 @@ def test_md5e_key_examples():
     assert md5e_extension("dir/a.JPEG") == ".JPEG"
     assert md5e_extension("a.abcde", max_length=5) == ".abcde"
     assert md5e_extension("a.b.c.d", max_extensions=3) == ".b.c.d"
+
+
+def test_names_no_file_system_holds_are_refused():
+    """A file name over 255 bytes, or one that is not valid UTF-8 (a lone surrogate from the
+    server's JSON), is refused by name; a label is rewritten (surrogate) or refused (length)."""
+    fmt = PathFormat("{subject}/{session}/{scan}/")
+    assert fmt.render(Rec(path="a/" + "é" * 126 + "x.y")).path.endswith("x.y")  # 255 bytes
+    with pytest.raises(LayoutError, match="is 256 bytes long.*at most 255"):
+        check_relative_path("a/" + "é" * 127 + "xx")
+    with pytest.raises(LayoutError, match="not valid UTF-8"):
+        check_relative_path("a/bad\udcff.dcm")
+    with pytest.raises(LayoutError, match="not valid UTF-8"):
+        check_relative_path("lone\ud800")
+    assert sanitize_label("S\udcff1") == "S_1"
+    with pytest.raises(LayoutError, match="folder name for 'SSSS.*is 300 bytes"):
+        fmt.render(Rec(subject_label="S" * 300))
+
+
+def test_rewritten_labels_are_told_once_with_their_folder():
+    fmt = PathFormat("{subject}//{session}/{scan}/")
+    for path in ("a.dcm", "b.dcm"):
+        fmt.render(Rec(subject_label="../x", path=path))
+        fmt.render(Rec(subject_label="../x", session_id="E2", session_label=".hidden",
+                       path=path))
+    fmt.render(Rec(scan_id="resources"))
+    fmt.render(Rec(level="session", scan_id="", resource="a/b"))
+    assert sorted(fmt.rewritten()) == sorted([
+        ("../x", "_._x"), (".hidden", "_._x/_hidden"),
+        ("resources", "SUBJ01/SUBJ01_MR1/resources_"), ("a/b", "SUBJ01/SUBJ01_MR1/resources/a_b")])
+    assert PathFormat("{subject}/").rewritten() == []

@@ -134,13 +134,22 @@ class XnatInit(Interface):
             return
         existing = read_config(ds.pathobj, name)
         if existing and not force:
-            same = (existing.url == base_url and (project is None or existing.project == project))
-            yield failure(
-                f"XNAT instance '{name}' is already initialised ({existing.url}, project "
-                f"{existing.project}); run `datalad xnat-update` to fetch, or xnat-init --force "
-                "to re-initialise" + ("" if name != DEFAULT_NAME else
-                                      ", or --name NAME to track a second one"),
-                status="notneeded" if same else "impossible")
+            asked = XnatConfig(name=name, url=base_url, project=project or existing.project,
+                               pathfmt=pathfmt, credential=credential or existing.credential,
+                               subject=subject, experiment=experiment,
+                               collections=ensure_list(collection))
+            changed = changed_settings(existing, asked)
+            another = "" if name != DEFAULT_NAME else ", or --name NAME to track another one"
+            if changed:
+                yield failure(
+                    f"XNAT instance '{name}' is already initialised with other settings: "
+                    + "; ".join(changed) + "; nothing was changed: use -f/--force to change "
+                    "them" + another, status="impossible")
+            else:
+                yield failure(
+                    f"XNAT instance '{name}' is already initialised with these settings "
+                    f"({existing.url}, project {existing.project}); run `datalad xnat-update` "
+                    "to fetch" + another, status="notneeded")
             return
 
         credential_name = credential or (existing.credential if existing and not credential
@@ -205,26 +214,21 @@ class XnatInit(Interface):
                     return
             try:
                 client.project(project)
-                subjects = client.subjects(project)
-                if subject and not any(subject in (s.id, s.label) for s in subjects):
-                    raise NotFoundError(f"project {project} has no subject {subject}; "
-                                        "`datalad xnat-query-files URL -p PROJECT` lists them")
-                if experiment:
-                    sessions = client.experiments(project, subject)
-                    if not any(experiment in (e.id, e.label) for e in sessions):
-                        raise NotFoundError(
-                            f"project {project} has no experiment {experiment}"
-                            + (f" for subject {subject}" if subject else ""))
+                subjects = client.subjects(project)  # PermissionDeniedError: data not readable
+                missing = _missing_filter(client, base_url, project, subjects, subject,
+                                          experiment)
             except PermissionDeniedError as exc:
                 yield failure(f"project {project} exists but its data is not readable with "
                               f"credential '{credential_name}': {one_line(exc)}")
                 return
             except NotFoundError as exc:
-                yield failure(f"no readable project {project} on {base_url} "
-                              f"(or it has no such subject/experiment): {one_line(exc)}")
+                yield failure(f"no readable project {project} on {base_url}: {one_line(exc)}")
                 return
             except XnatError as exc:
                 yield failure(one_line(exc))
+                return
+            if missing:
+                yield failure(missing)
                 return
         finally:
             client.close()
@@ -261,6 +265,48 @@ class XnatInit(Interface):
                      credential_name),
             xnat_url=base_url, xnat_project=project, xnat_name=name, remote=config.remote,
             credential_name=credential_name, pathfmt=pathfmt)
+
+
+def changed_settings(existing: XnatConfig, asked: XnatConfig) -> list[str]:
+    """What a re-run of xnat-init would change, one phrase per setting ([] when nothing).
+
+    Compares what --force would write (options not given take their defaults, so a re-run
+    without -c would drop the stored collections) with what is stored.
+    """
+    def shown(value) -> str:
+        if isinstance(value, list):
+            value = ", ".join(value)
+        return f"'{value}'" if value else "none"
+
+    changed = []
+    for label, key in (("url", "url"), ("project", "project"), ("subject", "subject"),
+                       ("experiment", "experiment"), ("collection", "collections"),
+                       ("pathfmt", "pathfmt"), ("credential", "credential")):
+        old, new = getattr(existing, key), getattr(asked, key)
+        if key == "collections":
+            old, new = sorted(old), sorted(new)
+        if (old or None) != (new or None):
+            changed.append(f"{label} {shown(old)} (this call: {shown(new)})")
+    return changed
+
+
+def _missing_filter(client, base_url: str, project: str, subjects: list, subject: str | None,
+                    experiment: str | None) -> str:
+    """What of -s/-e the readable `project` lacks, as the message to give ('' when nothing).
+
+    Kept apart from the project's own check: "no readable project" about a project that is
+    readable sends the user to ask for access instead of fixing a label.
+    """
+    if subject and not any(subject in (s.id, s.label) for s in subjects):
+        return (f"project {project} has no subject {subject} (ID or label); "
+                f"`datalad xnat-query-files {base_url} -p {project}` lists its subjects")
+    if experiment and not any(experiment in (e.id, e.label)
+                              for e in client.experiments(project, subject)):
+        return (f"project {project} has no experiment {experiment} (ID or label)"
+                + (f" for subject {subject}" if subject else "")
+                + f"; `datalad xnat-query-files {base_url} -p {project} -s SUBJECT` lists a "
+                "subject's files with their experiments")
+    return ""
 
 
 def _pick_project(projects) -> str:

@@ -34,7 +34,10 @@ two files to one path (a pathfmt without ``{resource}`` and two resources with t
 name, say) is reported by :class:`CollisionTracker`.
 
 Why sanitise: XNAT labels are free text. A ``/`` in a label must not create folders, and no label
-or file name may lead out of the dataset or into ``.git``/``.datalad``.
+or file name may lead out of the dataset or into ``.git``/``.datalad``. A rewritten label is
+remembered (:meth:`PathFormat.rewritten`) so that the update can say which folder it got. A name
+no file system holds (over ``NAME_MAX`` bytes, or not valid UTF-8) is refused with LayoutError,
+before anything is written, rather than failing git in the middle of a commit.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ _UNAVAILABLE = {
 # the dataset (.git, .gitattributes, ...) or overwrite DataLad's own files.
 _FORBIDDEN_SEGMENTS = frozenset({".git", ".datalad", ".gitattributes", ".gitmodules",
                                  ".gitignore", ".annex"})
+# The longest name (one path segment) in bytes that file systems hold: NAME_MAX on Linux and
+# macOS. git would create the file and fail on the symlink, after the listing was planned.
+NAME_MAX = 255
+# How many rewritten labels a PathFormat remembers for its report (they are few in practice).
+_MAX_REWRITES = 1000
 
 
 class LayoutError(ValueError):
@@ -79,9 +87,11 @@ def sanitize_label(value: str) -> str:
     """A label made safe to be (part of) one path segment.
 
     `/` and `\\` (folder separators), control characters and NUL become `_`; a leading `.` becomes
-    `_` so that no label can name `.git`, `.datalad` or `..`.
+    `_` so that no label can name `.git`, `.datalad` or `..`. A lone surrogate (a label that
+    was not valid UTF-8) becomes `_` too: no file system name can hold it.
     """
-    cleaned = "".join("_" if (ch in "/\\" or ord(ch) < 32 or ord(ch) == 127) else ch
+    cleaned = "".join("_" if (ch in "/\\" or ord(ch) < 32 or ord(ch) == 127
+                              or 0xD800 <= ord(ch) <= 0xDFFF) else ch
                       for ch in value)
     if cleaned.startswith("."):
         cleaned = "_" + cleaned[1:]
@@ -105,7 +115,22 @@ def check_relative_path(path: str) -> list[str]:
             raise LayoutError(f"file path {path!r} would write into {segment}")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in segment):
             raise LayoutError(f"file path {path!r} contains control characters")
+        check_name(segment, "file name")
     return segments
+
+
+def check_name(name: str, what: str) -> None:
+    """LayoutError unless `name` can be one file or folder name: valid UTF-8 (no lone
+    surrogate) and at most NAME_MAX bytes. `what` says what the name is ("file name")."""
+    shown = repr(name) if len(name) <= 40 else repr(name[:32]) + "..."
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise LayoutError(f"{what} {shown} is not valid UTF-8 (character {exc.start + 1}), "
+                          "which no file system name can hold") from None
+    if size > NAME_MAX:
+        raise LayoutError(f"{what} {shown} is {size} bytes long; file systems hold at most "
+                          f"{NAME_MAX} bytes per name")
 
 
 @dataclass(frozen=True)
@@ -116,8 +141,12 @@ class _Segment:
     fields: frozenset[str]
     dataset_boundary: bool                     # a '//' follows: a subdataset starts below it
 
+    def text(self, values: dict[str, str]) -> str:
+        """The segment with the values filled in as they are (render makes a safe name)."""
+        return "".join(literal + (values[name] if name else "") for literal, name in self.parts)
+
     def render(self, values: dict[str, str]) -> str:
-        text = "".join(literal + (values[name] if name else "") for literal, name in self.parts)
+        text = self.text(values)
         if not self.fields:
             return text
         if text == "":
@@ -155,6 +184,7 @@ class PathFormat:
         # the rendered (dataset, folder) per value tuple. Bounded, to keep memory flat.
         self._cache: dict[tuple, tuple[str, str]] = {}
         self._patterns: dict[tuple, re.Pattern[str]] = {}
+        self._rewritten: dict[tuple[int, str], str] = {}
 
     @staticmethod
     def _parse(pathfmt: str) -> list[_Segment]:
@@ -210,22 +240,28 @@ class PathFormat:
     def has_subdatasets(self) -> bool:
         return any(segment.dataset_boundary for segment in self.segments)
 
-    def _values(self, record: FileRecord) -> dict[str, str]:
+    @staticmethod
+    def _labels(record: FileRecord) -> dict[str, str]:
+        """The placeholders' values as XNAT has them."""
         return {
-            "project": sanitize_label(record.project),
-            "subject": sanitize_label(record.subject_label or record.subject_id),
-            "subject_id": sanitize_label(record.subject_id),
-            "session": sanitize_label(record.session_label or record.session_id),
-            "session_id": sanitize_label(record.session_id),
-            "scan": sanitize_label(record.scan_id),
-            "scan_type": sanitize_label(record.scan_type),
-            "resource": sanitize_label(record.resource),
+            "project": record.project,
+            "subject": record.subject_label or record.subject_id,
+            "subject_id": record.subject_id,
+            "session": record.session_label or record.session_id,
+            "session_id": record.session_id,
+            "scan": record.scan_id,
+            "scan_type": record.scan_type,
+            "resource": record.resource,
         }
+
+    def _values(self, record: FileRecord) -> dict[str, str]:
+        return {name: sanitize_label(value) for name, value in self._labels(record).items()}
 
     def folder(self, record: FileRecord) -> tuple[str, str]:
         """(dataset, folder) for a record: the rendered folders with a trailing '/'.
 
         `dataset` is the deepest subdataset the folder lies in ('' for the top dataset).
+        LayoutError if a folder name is one no file system holds (over NAME_MAX bytes).
         """
         level = record.level or "scan"
         try:
@@ -238,24 +274,43 @@ class PathFormat:
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
+        labels = self._labels(record)
         values = self._values(record)
-        folder = ""
         dataset = ""
-        for segment in self.segments:
+        # (where in the layout, XNAT's text, the folder name written)
+        names: list[tuple[int, str, str]] = []
+        for index, segment in enumerate(self.segments):
             if segment.fields & unavailable:
                 break
-            folder += segment.render(values) + "/"
+            names.append((index, segment.text(labels), segment.render(values)))
             if segment.dataset_boundary:
-                dataset = folder[:-1]
+                dataset = "/".join(name for _, _, name in names)
+        tail = len(self.segments)
         if level == "assessor":
-            folder += (f"{ASSESSORS_DIR}/{_segment_text(sanitize_label(record.assessor_label))}/"
-                       f"{_segment_text(values['resource'])}/")
+            names += [(tail, ASSESSORS_DIR, ASSESSORS_DIR),
+                      (tail + 1, record.assessor_label,
+                       _segment_text(sanitize_label(record.assessor_label))),
+                      (tail + 2, record.resource, _segment_text(values["resource"]))]
         elif level != "scan":
-            folder += RESOURCES_DIR + "/" + _segment_text(values["resource"]) + "/"
+            names += [(tail, RESOURCES_DIR, RESOURCES_DIR),
+                      (tail + 2, record.resource, _segment_text(values["resource"]))]
+        for _, label, name in names:
+            check_name(name, f"the folder name for {label!r}")
+        for position, (index, label, name) in enumerate(names):
+            if label != name and len(self._rewritten) < _MAX_REWRITES:
+                self._rewritten.setdefault(
+                    (index, label), "/".join(n for _, _, n in names[:position + 1]))
+        folder = "".join(name + "/" for _, _, name in names)
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[cache_key] = (dataset, folder)
         return dataset, folder
+
+    def rewritten(self) -> list[tuple[str, str]]:
+        """(XNAT's label, the folder written for it) of every label that folder() rewrote to be
+        a safe name ('../x' -> '_._x'), once per label: the dataset shows other names than
+        XNAT, and the user should hear which."""
+        return [(label, folder) for (_, label), folder in self._rewritten.items()]
 
     def render(self, record: FileRecord) -> RenderedPath:
         """Where `record` goes; LayoutError if its relative path is unsafe."""

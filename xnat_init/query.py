@@ -10,7 +10,7 @@ from datalad.support.constraints import EnsureStr
 from datalad.support.param import Parameter
 from datalad.utils import ensure_list
 
-from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
+from git_annex_remote_xnat.urls import XnatUrlError, file_url, masked_url, normalize_base_url
 
 from git_annex_remote_xnat.messages import one_line
 
@@ -51,8 +51,9 @@ class XnatQueryFiles(Interface):
     def __call__(url, *, project=None, subject=None, experiment=None, collection=None,
                  credential=None):
         def failure(message):
-            return get_status_dict(action=ACTION, path=url, status="error", message=message,
-                                   logger=lgr)
+            # the URL as given may hold a password (refused below): never shown
+            return get_status_dict(action=ACTION, path=masked_url(url), status="error",
+                                   message=message, logger=lgr)
 
         try:
             base_url = normalize_base_url(url)

@@ -32,13 +32,16 @@ Rows = list[dict[str, Any]]
 @dataclass
 class Walk:
     """What an enumeration walked: the accession IDs of the subjects and sessions it listed the
-    files of (after the subject and experiment filters). Filled before the first record.
+    files of (after the subject and experiment filters), filled before the first record, and
+    the resource labels of the files it listed (before the resources filter), filled as it goes.
 
     A caller that compares a listing with what it tracked earlier needs it: a tracked file of a
-    walked session that the listing did not name is gone from the server."""
+    walked session that the listing did not name is gone from the server. The labels tell a
+    resources filter that matched nothing from a mistyped one, at no extra request."""
 
     subjects: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
+    resources: set[str] = field(default_factory=set)
 
 
 class Enumeration:
@@ -88,6 +91,8 @@ class Enumeration:
             walk.sessions.update(e.id for e in sessions)
 
         def keep(records: list[FileRecord]) -> list[FileRecord]:
+            if walk is not None:
+                walk.resources.update(r.resource for r in records)
             return [r for r in records if wanted is None or r.resource in wanted]
 
         tasks: list[Callable[[], list[FileRecord]]] = []

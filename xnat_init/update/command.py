@@ -34,7 +34,7 @@ from datalad.support.param import Parameter
 from datalad.utils import bytes2human, ensure_list
 
 from git_annex_remote_xnat.messages import one_line
-from git_annex_remote_xnat.urls import file_url
+from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
 from ..common import dataset_param, filter_params, resolve_credential
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
@@ -108,12 +108,24 @@ class XnatUpdate(Interface):
                  name=None, remove_gone=False, project=None, subject=None, experiment=None,
                  collection=None, credential=None):
         ds = require_dataset(dataset, check_installed=True, purpose="update from XNAT")
+        if isinstance(jobs, int) and jobs < 1:
+            yield get_status_dict(action=ACTION, ds=ds, status="error", logger=lgr,
+                                  message=f"-J/--jobs {jobs}: give the number of parallel "
+                                          "listings and downloads, 1 or more, or 'auto'")
+            return
         name = name or DEFAULT_NAME
         config = read_config(ds.pathobj, name)
         if config is None:
             yield get_status_dict(action=ACTION, ds=ds, status="impossible", logger=lgr,
                                   message=f"XNAT instance '{name}' is not initialised in this "
                                           "dataset; run `datalad xnat-init URL -p PROJECT` first")
+            return
+        try:
+            normalize_base_url(config.url)
+        except XnatUrlError as exc:
+            yield get_status_dict(action=ACTION, ds=ds, status="error", logger=lgr,
+                                  message=f"datalad.xnat.{name}.url in {CONFIG_FILE}: {exc}; "
+                                          "set it again with `datalad xnat-init -f URL`")
             return
         options = UpdateOptions(
             project=project or config.project, subject=subject or config.subject,
@@ -160,6 +172,10 @@ def summary(counts: Counts, fetched: Fetched, failed: int) -> str:
         parts.append(f"{fetched.files} fetched ({bytes2human(fetched.bytes)})")
     parts.append(f"{failed} failed")
     return ", ".join(parts)
+
+
+def _listing(names: list[str], limit: int = 20) -> str:
+    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) or "none"
 
 
 class Update:
@@ -241,7 +257,7 @@ class Update:
                     return
                 if fetcher is not None:
                     fetcher.listed(plan)
-                yield from self.report_planned(plan)
+                yield from self.report_planned(plan, fmt)
                 commits = Writer(hierarchy, self.config).write(plan)
             except BaseException as exc:
                 if fetcher is not None:
@@ -253,7 +269,7 @@ class Update:
             fetched = Fetched()
             if fetcher is not None:
                 yield from self.fetch(fetcher, plan, hierarchy, fetched)
-            yield self.report(plan, fetched, commits)
+            yield self.report(plan, fetched, commits, planner.scope.walk)
         finally:
             client.close()
             if planner is not None:
@@ -350,9 +366,14 @@ class Update:
 
     # ------------------------------------------------------------------------------ reports
 
-    def report_planned(self, plan: Plan) -> Iterator[dict]:
+    def report_planned(self, plan: Plan, fmt: PathFormat) -> Iterator[dict]:
         for message in plan.failures:
             yield self.result("error", message)
+        for label, folder in fmt.rewritten():
+            yield get_status_dict(
+                action=ACTION, path=str(self.top / folder), type="directory", status="ok",
+                logger=lgr, message=f"XNAT's {label!r} is written as the folder {folder!r}: "
+                "rewritten to be a safe folder name")
         for change_set in plan.change_sets.values():
             for path in change_set.gone:
                 yield get_status_dict(
@@ -361,9 +382,15 @@ class Update:
                     message="removed: gone from the server" if self.options.remove_gone
                     else "gone from the server (kept; --remove-gone removes it)")
 
-    def report(self, plan: Plan, fetched: Fetched, commits: int) -> dict:
+    def report(self, plan: Plan, fetched: Fetched, commits: int, walk: Walk) -> dict:
         total = plan.totals
         failed = len(plan.failures) + fetched.failed
+        unknown = [c for c in self.options.collections if c not in walk.resources]
+        if unknown:
+            # the update did what it was asked; a mistyped label must still not pass unseen
+            lgr.warning("-c/--collection %s matched no resource; the resources listed have "
+                        "the labels: %s (labels are case-sensitive; xnat-init -f changes the "
+                        "stored ones)", ", ".join(unknown), _listing(sorted(walk.resources)))
         # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
         # summary is what users look for ("commits": 0 says nothing changed).
         return self.result(
@@ -372,5 +399,6 @@ class Update:
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
             skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,
+            unknown_collections=unknown,
             bytes_added=total.bytes_added, bytes_changed=total.bytes_changed,
             fetched=fetched.files, bytes_fetched=fetched.bytes, commits=commits)
