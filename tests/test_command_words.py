@@ -92,6 +92,15 @@ def test_update_with_an_unknown_collection_warns_and_names_the_labels(xnat, alic
     assert len(warnings) == 1 and "NOPE2" in warnings[0] and "'MAT'" not in warnings[0], warnings
 
 
+def test_query_with_an_unknown_collection_warns_and_names_the_labels(xnat, alice, ds):
+    """xnat-query-files -c NOPE listed nothing and said nothing."""
+    records, proc = datalad_json("xnat-query-files", xnat.url, "-p", "PUBLIC1", "-e",
+                                 "SUBJ01_MR1", "-c", "NOPE", cwd=ds)
+    assert records == [] and proc.returncode == 0, records
+    warnings = [line for line in proc.stderr.splitlines() if "[WARNING]" in line]
+    assert len(warnings) == 1 and "NOPE" in warnings[0] and "DICOM" in warnings[0], proc.stderr
+
+
 # ----------------------------------------------------------------------------- item 3
 
 

@@ -61,6 +61,19 @@ def filter_params(for_update: bool = False) -> dict[str, Parameter]:
     )
 
 
+def warn_unmatched_collections(collections: list[str], labels: set[str]) -> list[str]:
+    """Warn about the -c/--collection labels that matched none of the resource `labels` a
+    listing saw, and return them: a mistyped label otherwise registers or lists nothing and
+    says ok."""
+    unknown = [c for c in collections if c not in labels]
+    if unknown:
+        seen = sorted(labels)
+        lgr.warning("-c/--collection %s matched no resource; the resources listed have the "
+                    "labels: %s (labels are case-sensitive)", ", ".join(unknown),
+                    (", ".join(seen[:20]) + (" ..." if len(seen) > 20 else "")) or "none")
+    return unknown
+
+
 def is_terminal() -> bool:
     """Whether a person can answer a prompt (DataLad's UI knows about -f json, tests, ...)."""
     from datalad.ui import ui

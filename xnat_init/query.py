@@ -14,7 +14,7 @@ from git_annex_remote_xnat.urls import XnatUrlError, file_url, masked_url, norma
 
 from git_annex_remote_xnat.messages import one_line
 
-from .common import filter_params, resolve_credential
+from .common import filter_params, resolve_credential, warn_unmatched_collections
 
 lgr = logging.getLogger("datalad.xnat.query")
 ACTION = "xnat_query"
@@ -67,7 +67,7 @@ class XnatQueryFiles(Interface):
         if resolved.credential is None:
             yield failure(resolved.message)
             return
-        from git_annex_remote_xnat.client import XnatClient, XnatError
+        from git_annex_remote_xnat.client import Walk, XnatClient, XnatError
 
         with XnatClient(base_url, resolved.credential, retries=2) as client:
             try:
@@ -87,9 +87,10 @@ class XnatQueryFiles(Interface):
                                               subject_id=s.id, subject_label=s.label,
                                               message=f"{s.id} {s.label}")
                     return
+                walk = Walk()
                 for record in client.iter_files(project, subject=subject, experiment=experiment,
                                                 resources=ensure_list(collection) or None,
-                                                jobs=4):
+                                                jobs=4, walk=walk):
                     xnat_url = file_url(base_url, record)
                     rest = _rest_path(xnat_url, base_url)
                     yield get_status_dict(
@@ -101,6 +102,7 @@ class XnatQueryFiles(Interface):
                         resource=record.resource, file=record.path, size=record.size,
                         md5=record.md5 or "", uri=xnat_url, rest_uri=rest,
                         message=f"{record.size} {record.md5 or '-'} {record.resource} {rest}")
+                warn_unmatched_collections(ensure_list(collection), walk.resources)
             except XnatError as exc:
                 yield failure(one_line(exc))
 

@@ -36,7 +36,7 @@ from datalad.utils import bytes2human, ensure_list
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
-from ..common import dataset_param, filter_params, resolve_credential
+from ..common import dataset_param, filter_params, resolve_credential, warn_unmatched_collections
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
 from ..layout import LayoutError, PathFormat
 from .datasets import Hierarchy, tree_above
@@ -172,10 +172,6 @@ def summary(counts: Counts, fetched: Fetched, failed: int) -> str:
         parts.append(f"{fetched.files} fetched ({bytes2human(fetched.bytes)})")
     parts.append(f"{failed} failed")
     return ", ".join(parts)
-
-
-def _listing(names: list[str], limit: int = 20) -> str:
-    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) or "none"
 
 
 class Update:
@@ -385,12 +381,8 @@ class Update:
     def report(self, plan: Plan, fetched: Fetched, commits: int, walk: Walk) -> dict:
         total = plan.totals
         failed = len(plan.failures) + fetched.failed
-        unknown = [c for c in self.options.collections if c not in walk.resources]
-        if unknown:
-            # the update did what it was asked; a mistyped label must still not pass unseen
-            lgr.warning("-c/--collection %s matched no resource; the resources listed have "
-                        "the labels: %s (labels are case-sensitive; xnat-init -f changes the "
-                        "stored ones)", ", ".join(unknown), _listing(sorted(walk.resources)))
+        # the update did what it was asked (ok); a mistyped label must still not pass unseen
+        unknown = warn_unmatched_collections(self.options.collections, walk.resources)
         # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
         # summary is what users look for ("commits": 0 says nothing changed).
         return self.result(
