@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+from .faults import Endless
 from .paths import LOGIN_PATH
 from .wire import HTML, TEXT, AuthRequired, HTTPError, Request, Response, error_response
 
@@ -143,6 +144,9 @@ def jsession(app: "App", req: Request, user: str, payload) -> Response:
         body = sid
         if req.query.get("CSRF") == "true":
             body += f"; XNAT_CSRF={sid.lower()}"
+        if m == "POST" and app.faults.endless_login:
+            return Response(200, b"", TEXT, stream=Endless(body.encode(), b"\n" + body.encode(),
+                                                           app.faults.endless_login))
         return Response(200, body.encode(), TEXT)
     if m == "DELETE":
         if req.session_id:

@@ -23,12 +23,22 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
   closes unanswered): a server that accepts connections and has stopped working.
 * `redirect_to` (str, "" = off): every request is answered 302 with `Location:` this base URL
   (e.g. another server's "http://host:port") followed by the path and query asked for.
+* `endless_downloads` (False, True or int bytes): file GETs answer 200 without a Content-Length
+  (chunked) and a body of that many bytes, or one that never ends, whatever the file's size
+  (a server or proxy that streams the wrong thing).
+* `wrong_content_length` (int bytes, 0 = off): file GETs announce a Content-Length this much
+  larger than the file, send the file and close the connection.
+* `endless_listings` (bool or int bytes): every ResultSet listing answers a valid beginning of
+  JSON and rows that never end (or end, unfinished, after that many bytes).
+* `endless_login` (bool or int bytes): `POST /data/JSESSION` answers its session id followed by
+  a body that never ends (or that many bytes).
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from typing import Iterator
 
 DEFAULTS = {
     "error_rate": 0.0,
@@ -44,6 +54,10 @@ DEFAULTS = {
     "login_page_instead_of_401": False,
     "redirect_to": "",
     "silent": False,
+    "endless_downloads": False,
+    "wrong_content_length": 0,
+    "endless_listings": False,
+    "endless_login": False,
 }
 
 
@@ -105,3 +119,24 @@ class Faults:
         if self._chance(self.corrupt_downloads):
             return "corrupt"
         return None
+
+
+class Endless:
+    """A body for the endless_* faults: `head`, then `unit` repeated, `limit` bytes in all
+    (None: for ever). Sent chunked (`iter_bytes`), so the server holds one chunk at a time."""
+
+    def __init__(self, head: bytes, unit: bytes, limit: "bool | int | None" = None) -> None:
+        self.head = head
+        self.unit = unit * max(1, (1 << 16) // max(1, len(unit)))
+        self.limit = None if limit is True or limit is None else int(limit)
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        sent = 0
+        chunk = self.head
+        while self.limit is None or sent < self.limit:
+            if self.limit is not None:
+                chunk = chunk[:self.limit - sent]
+            if chunk:
+                yield chunk
+                sent += len(chunk)
+            chunk = self.unit

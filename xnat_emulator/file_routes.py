@@ -2,7 +2,8 @@
 archive downloads (`format=zip|tar|tar.gz` of a file, a resource or a level's files).
 
 A file's body is not read here: the `Response` carries the blob and `server` streams it,
-applying the fault this route picked (truncate, corrupt) and the download rate.
+applying the fault this route picked (truncate, corrupt) and the download rate; the endless
+and wrong-length faults are answered here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from .archives import TarStream, ZipStream
+from .faults import Endless
 from .model import Experiment, FileEntry, Resource, Scan, Subject
 from .paths import Target
 from .scope import Scope, find_file, iter_file_rows
@@ -58,6 +60,15 @@ def file(app: "App", req: Request, scope: Scope, t: Target) -> Response:
         resp.fault = app.faults.download_fault()
         if resp.fault == "fail":
             return error_response(500)
+        endless = app.faults.endless_downloads
+        if endless:
+            return Response(200, b"", resp.ctype, headers, stream=Endless(
+                e.blob.read(0, e.size), e.blob.read(0, 4096) or b"\0", endless))
+        extra = int(app.faults.wrong_content_length or 0)
+        if extra and resp.status == 200:
+            # the blob ends before the announced length; the connection closes after it
+            resp.length = e.size + extra
+            resp.headers.append(("Connection", "close"))
     return resp
 
 

@@ -2,14 +2,18 @@
 resources and files.
 
 Each route builds XNAT's rows (every value a string, `""` for nulls) and hands them to
-`representations.table`, which applies the query's columns, filters, sorting and paging.
+`representations.table`, which applies the query's columns, filters, sorting and paging. A
+files listing of more than STREAM_ROWS files asked for as plain JSON is written as it is built
+(chunked), so the emulator can serve a session of a million files without holding its rows.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Iterator
 
 from . import file_routes
+from .faults import Endless
 from .model import Experiment, Subject
 from .paths import Target
 from .representations import RESERVED, like, table
@@ -18,6 +22,9 @@ from .wire import Request, Response
 
 if TYPE_CHECKING:
     from .app import App
+
+JSON = "application/json;charset=UTF-8"
+STREAM_ROWS = 10_000
 
 SUBJECT_COLS = ["ID", "project", "label", "insert_date", "insert_user"]
 
@@ -28,6 +35,11 @@ IMG_ASSESSOR_KEYS = {"session_id", "session_label"}
 
 
 def _table(app: "App", req: Request, rows: list[dict], cols: list[str], **kw) -> Response:
+    endless = app.faults.endless_listings
+    if endless:
+        row = rows[0] if rows else {c: "" for c in cols}
+        return Response(200, b"", JSON, stream=Endless(
+            b'{"ResultSet": {"Result": [', json.dumps(row).encode() + b", ", endless))
     return table(req, rows, cols, legacy=app.legacy, **kw)
 
 
@@ -218,13 +230,38 @@ def files(app: "App", req: Request, scope: Scope, t: Target) -> Response:
     if fmt in file_routes.ARCHIVE_FORMATS:
         return file_routes.archive(req, scope, t, pairs, kind=fmt)
     drop = bool(app.faults.drop_digests) or not app.checksums
-    rows = []
-    for _owner, r, base, e in iter_file_rows(req, pairs, t):
-        rows.append({"Name": e.name, "Size": str(e.size),
-                     "URI": f"{base}/resources/{r.xnat_id}/files/{e.path}",
-                     "collection": r.label, "file_tags": e.tags, "file_format": e.fmt,
-                     "file_content": e.content, "cat_ID": str(r.xnat_id),
-                     "digest": "" if drop else e.digest()})
-    return _table(app, req, rows, FILE_COLS, total=False, title="Files",
-                  columns_meta=[{"key": "URI", "serverRoot": app.context_path}],
-                  all_columns=True)
+    columns_meta = [{"key": "URI", "serverRoot": app.context_path}]
+
+    def file_rows() -> Iterator[dict]:
+        for _owner, r, base, e in iter_file_rows(req, pairs, t):
+            yield {"Name": e.name, "Size": str(e.size),
+                   "URI": f"{base}/resources/{r.xnat_id}/files/{e.path}",
+                   "collection": r.label, "file_tags": e.tags, "file_format": e.fmt,
+                   "file_content": e.content, "cat_ID": str(r.xnat_id),
+                   "digest": "" if drop else e.digest()}
+    if (fmt == "json" and set(req.query) <= {"format"} and not app.faults.endless_listings
+            and sum(r.stats()[0] for _o, r, _b in pairs) > STREAM_ROWS):
+        return Response(200, b"", JSON, stream=_StreamedFiles(file_rows(), columns_meta))
+    return _table(app, req, list(file_rows()), FILE_COLS, total=False, title="Files",
+                  columns_meta=columns_meta, all_columns=True)
+
+
+class _StreamedFiles:
+    """The JSON of `table` for a files listing without query options, written row by row."""
+
+    def __init__(self, rows: Iterator[dict], columns_meta: list[dict]) -> None:
+        self.rows = rows
+        self.columns_meta = columns_meta
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        parts = [f'{{"ResultSet": {{"Columns": {json.dumps(self.columns_meta)}, "Result": ['
+                 .encode()]
+        size = len(parts[0])
+        for n, row in enumerate(self.rows):
+            parts.append((", " if n else "").encode() + json.dumps(row).encode())
+            size += len(parts[-1])
+            if size >= 1 << 16:
+                yield b"".join(parts)
+                parts, size = [], 0
+        parts.append(b'], "title": "Files"}}')
+        yield b"".join(parts)

@@ -10,6 +10,7 @@ for the life of the client.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from .session import Session
 
 # Comma lists of session or subject IDs per request for level-wide file listings.
 ID_BATCH = 50
+# Scan files of a session read by its worker; more are read as the caller takes them, so memory
+# stays within about 2 * jobs * PREFETCH_ROWS records however large a session is.
+PREFETCH_ROWS = 2000
 
 Rows = list[dict[str, Any]]
 
@@ -90,14 +94,16 @@ class Enumeration:
             walk.subjects.update(subjects)
             walk.sessions.update(e.id for e in sessions)
 
-        def keep(records: list[FileRecord]) -> list[FileRecord]:
-            if walk is not None:
-                walk.resources.update(r.resource for r in records)
-            return [r for r in records if wanted is None or r.resource in wanted]
+        def keep(records: Iterable[FileRecord]) -> Iterator[FileRecord]:
+            for record in records:
+                if walk is not None:
+                    walk.resources.add(record.resource)
+                if wanted is None or record.resource in wanted:
+                    yield record
 
-        tasks: list[Callable[[], list[FileRecord]]] = []
+        tasks: list[Callable[[], Iterable[FileRecord]]] = []
         if "project" in levels and not subject and not experiment:
-            def project_task() -> list[FileRecord]:
+            def project_task() -> Iterable[FileRecord]:
                 return keep([FileRecord(project, "", "", "", "", "", "", "project",
                                         *self._record_tail(f))
                              for f in self._level_files(f"/data/projects/{quoted_project}")])
@@ -107,8 +113,9 @@ class Enumeration:
             subject_prefix = f"/data/projects/{quoted_project}/subjects/"
             aliases = {s.label: sid for sid, s in subjects.items()}
 
-            def subject_task(ids: list[str], rows: Rows | None) -> Callable[[], list[FileRecord]]:
-                def run() -> list[FileRecord]:
+            def subject_task(ids: list[str], rows: Rows | None
+                             ) -> Callable[[], Iterable[FileRecord]]:
+                def run() -> Iterable[FileRecord]:
                     found = self._files_by_owner(subject_prefix, ids, "subjects", aliases, rows)
                     return keep([FileRecord(project, sid, subjects[sid].label, "", "", "", "",
                                             "subject", *self._record_tail(f))
@@ -137,23 +144,26 @@ class Enumeration:
                         self._assessors(ids) if "assessor" in levels else {})
                 return batch_data[n]
 
-        def session_task(exp: Experiment) -> Callable[[], list[FileRecord]]:
-            def run() -> list[FileRecord]:
+        def session_task(exp: Experiment) -> Callable[[], Iterable[FileRecord]]:
+            def run() -> Iterable[FileRecord]:
                 batch = session_batch(batch_of[exp.id])
                 subj = subjects.get(exp.subject_id)
                 # The project's subject listing has the subject's label in this project (a
                 # shared subject has its own there); a session row may carry its primary one.
                 head = (project, exp.subject_id, subj.label if subj else exp.subject_label,
                         exp.id, exp.label)
-                records = []
+                scan_records: Iterable[FileRecord] = ()
                 if "scan" in levels:
                     session_types = batch.scan_types.get(exp.id, {})
-                    for row in session.rows(f"/data/experiments/{quote(exp.id, safe='')}"
-                                            "/scans/ALL/files"):
+
+                    def scan_record(row: dict[str, Any]) -> FileRecord:
                         remote_file = RemoteFile.from_row(row)
                         scan_id = unquote(uri_part(remote_file.uri, "scans"))
-                        records.append(FileRecord(*head, scan_id, session_types.get(scan_id, ""),
-                                                  "scan", *self._record_tail(remote_file)))
+                        return FileRecord(*head, scan_id, session_types.get(scan_id, ""),
+                                          "scan", *self._record_tail(remote_file))
+                    scan_records = _prefetched(map(scan_record, session.iter_rows(
+                        f"/data/experiments/{quote(exp.id, safe='')}/scans/ALL/files")))
+                records = []
                 for remote_file in batch.own_files.get(exp.id, []):
                     records.append(FileRecord(*head, "", "", "session",
                                               *self._record_tail(remote_file)))
@@ -165,7 +175,7 @@ class Enumeration:
                                                   *self._record_tail(remote_file),
                                                   assessor_id=assessor.id,
                                                   assessor_label=assessor.label))
-                return keep(records)
+                return keep(itertools.chain(scan_records, records))
             return run
         tasks.extend(session_task(exp) for exp in sessions)
 
@@ -296,6 +306,13 @@ class _SessionBatch:
     scan_types: dict[str, dict[str, str]]        # session ID -> scan ID -> type
     own_files: dict[str, list[RemoteFile]]       # session ID -> files of its own resources
     assessors: dict[str, list[Assessor]]         # session ID -> its image assessors
+
+
+def _prefetched(items: Iterator[Any], count: int = PREFETCH_ROWS) -> Iterable[Any]:
+    """The first `count` items read now (in a listing's worker thread), the rest, if any, as
+    the caller iterates: a session of a million files streams through instead of being held."""
+    first = list(itertools.islice(items, count))
+    return first if len(first) < count else itertools.chain(first, items)
 
 
 def _ordered_map(func: Callable[[Any], Any], items: list[Any], jobs: int) -> Iterator[Any]:

@@ -1,7 +1,8 @@
 """XNAT's listings as typed records: one function per listing, one record type per row kind.
 
 XNAT sends every value as a string and some servers say ``id`` instead of ``ID``; the
-`from_row` constructors absorb that, so callers see fields with fixed names and types.
+`from_row` constructors absorb that, so callers see fields with fixed names and types. Records
+are built from the rows as the session parses them, so a listing's raw rows are never all held.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class RemoteFile:
 
 def projects(session: Session) -> list[Project]:
     """The projects this user can read."""
-    return [Project.from_row(row) for row in session.rows("/data/projects")]
+    return [Project.from_row(row) for row in session.iter_rows("/data/projects")]
 
 
 def project(session: Session, project_id: str) -> Project:
@@ -188,8 +189,8 @@ def project(session: Session, project_id: str) -> Project:
 
 
 def subjects(session: Session, project_id: str) -> list[Subject]:
-    return [Subject.from_row(row)
-            for row in session.rows(f"/data/projects/{quote(project_id, safe='')}/subjects")]
+    path = f"/data/projects/{quote(project_id, safe='')}/subjects"
+    return [Subject.from_row(row) for row in session.iter_rows(path)]
 
 
 EXPERIMENT_COLUMNS = "ID,label,project,subject_ID,subject_label,xsiType,date,insert_date"
@@ -200,18 +201,19 @@ def experiments(session: Session, project_id: str, subject: str | None = None) -
     path = f"/data/projects/{quote(project_id, safe='')}"
     if subject:
         path += f"/subjects/{quote(subject, safe='')}"
-    rows = session.rows(path + "/experiments", {"columns": EXPERIMENT_COLUMNS})
+    rows = session.iter_rows(path + "/experiments", {"columns": EXPERIMENT_COLUMNS})
     return [Experiment.from_row(row) for row in rows]
 
 
 def scans(session: Session, experiment: str) -> list[Scan]:
     return [Scan.from_row(row)
-            for row in session.rows(f"/data/experiments/{quote(experiment, safe='')}/scans")]
+            for row in session.iter_rows(f"/data/experiments/{quote(experiment, safe='')}/scans")]
 
 
 def resources(session: Session, rest_path: str) -> list[Resource]:
     """Resources of any level: `rest_path` is e.g. /data/experiments/E/scans/1."""
-    return [Resource.from_row(row) for row in session.rows(rest_path.rstrip("/") + "/resources")]
+    path = rest_path.rstrip("/") + "/resources"
+    return [Resource.from_row(row) for row in session.iter_rows(path)]
 
 
 def files(session: Session, rest_path: str) -> list[RemoteFile]:
@@ -219,4 +221,4 @@ def files(session: Session, rest_path: str) -> list[RemoteFile]:
     rest_path = rest_path.rstrip("/")
     if not rest_path.endswith("/files"):
         rest_path += "/files"
-    return [RemoteFile.from_row(row) for row in session.rows(rest_path)]
+    return [RemoteFile.from_row(row) for row in session.iter_rows(rest_path)]

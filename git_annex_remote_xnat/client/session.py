@@ -18,7 +18,8 @@ What it takes care of, so no other module has to:
 * the session cookie goes to the server's own scheme, host and port only: not to an absolute
   URL elsewhere, and urllib3 drops it (and Authorization) on a redirect to another host;
 * every failure as an `XnatError` of one line: HTTP status, the URL without secrets, what to do;
-* ``format=json`` listings decoded to their ``ResultSet.Result`` rows.
+* ``format=json`` listings decoded to their ``ResultSet.Result`` rows, streamed and capped in
+  bytes (`resultset`); no answer is read whole without a cap (a login answer, an error page).
 
 The transport is one urllib3 pool manager owned here, not a `requests.Session`: a session's
 per-request cookie-jar merge and response cookie extraction cost as much CPU as fetching a file
@@ -46,6 +47,7 @@ from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..credentials import Credential, how_to_provide
+from . import resultset
 from .errors import (
     AuthenticationError, NotFoundError, NotXnatError, PermissionDeniedError,
     ServerUnreachableError, TLSError, XnatError, is_login_page, login_page_error, safe_url,
@@ -59,6 +61,8 @@ OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
 CLOSE_TIMEOUT = (5.0, 10.0)  # ending the server session must not hold up an exit
 UNREACHABLE_AFTER = 3  # requests in a row without an HTTP answer before the server is given up
+LISTING_CHUNK = 1 << 16
+MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whatever follows
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
 
@@ -238,6 +242,23 @@ class Answer:
         except _TransportError:
             return b""
 
+    def start(self, size: int) -> bytes:
+        """At most the first `size` bytes of the body: enough for a session id or a message,
+        however much the server goes on sending (b"" if the connection fails)."""
+        if not self._streamed:
+            return (self._raw.data or b"")[:size]
+        try:
+            return self._raw.read(size)
+        except _TransportError:
+            return b""
+
+    @property
+    def redirects(self) -> list[str]:
+        """Where the redirects that urllib3 followed to this answer pointed, in order."""
+        retries = getattr(self._raw, "retries", None)
+        history = retries.history if retries is not None else ()
+        return [step.redirect_location for step in history if step.redirect_location]
+
     def chunks(self, size: int) -> Iterator[bytes]:
         """The body in pieces of up to `size` bytes; BodyBrokeOff when the connection fails."""
         try:
@@ -285,8 +306,10 @@ class Session:
         try:
             self._timeout = _timeout(configured_timeout() if timeout is None else timeout)
             self._pools = _pool_manager(self.base_url, pool_size)
+            self.max_listing_bytes = resultset.max_listing_bytes()
         except XnatError as exc:
             self._setup_error = exc
+            self.max_listing_bytes = resultset.DEFAULT_MAX_LISTING_BYTES
             self._timeout = _timeout(DEFAULT_TIMEOUT)
             self._pools = urllib3.PoolManager()
         self._origin = _origin(self.base_url)
@@ -327,14 +350,15 @@ class Session:
             headers = urllib3.util.make_headers(
                 basic_auth=f"{self.credential.user}:{self.credential.password}")
         # The old session's cookie is not sent: the server would take it over the password.
-        answer = self._send("POST", url, headers=headers, cookie=False, retry=self._login_retry)
+        answer = self._send("POST", url, headers=headers, stream=True, cookie=False,
+                            retry=self._login_retry)
         with answer:
             if answer.status == 404:
                 raise NotXnatError(
                     f"HTTP 404 for POST {url}: no XNAT REST API there; check the server URL "
                     "(include the context path, e.g. https://host/xnat)", 404, url)
             self._check(answer, "POST", url)
-            session_id = answer.content[:4096].decode("ascii", "replace").strip()
+            session_id = answer.start(MESSAGE_BYTES).decode("ascii", "replace").strip()
             if not session_id or len(session_id) > 256 or any(c.isspace() for c in session_id):
                 raise NotXnatError(f"POST {url} did not answer with an XNAT session id; "
                                    "check that the URL is an XNAT server", answer.status, url)
@@ -367,19 +391,21 @@ class Session:
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
               stream: bool = False, timeout: tuple[float, float] | None = None,
-              cookie: bool = True, retry: Retry | None = None) -> Answer:
+              cookie: bool = True, retry: Retry | None = None,
+              compressed: bool = False) -> Answer:
         """Every request of the client goes out here; "no HTTP answer" becomes an XnatError.
 
         A streamed GET (a file) asks for the body as stored, so Content-Length and the MD5
-        are the file's; listings accept compression. The session cookie goes only to the
-        server's own origin. Once the server is given up on (see `_count`), nothing is sent.
+        are the file's; listings (`compressed`, or not streamed) accept compression. The
+        session cookie goes only to the server's own origin. Once the server is given up on
+        (see `_count`), nothing is sent.
         """
         if self._setup_error is not None:
             raise XnatError(str(self._setup_error), None, url)
         if self._given_up is not None:
             raise ServerUnreachableError(str(self._given_up), None, url)
         sent = {"User-Agent": USER_AGENT, "Accept": "*/*",
-                "Accept-Encoding": "identity" if stream else "gzip, deflate"}
+                "Accept-Encoding": "identity" if stream and not compressed else "gzip, deflate"}
         if cookie and self._cookie and _origin(url) == self._origin:
             sent["Cookie"] = self._cookie
         if headers:
@@ -418,12 +444,12 @@ class Session:
         return self._given_up
 
     def request(self, method: str, rest_path: str, *, params: dict[str, str] | None = None,
-                stream: bool = False) -> Answer:
+                stream: bool = False, compressed: bool = False) -> Answer:
         """A 2xx or 3xx answer to `method` `rest_path`, logged in; else the XnatError it means.
 
         A 401, or a login page where data was asked for, renews the XNAT session once and sends
-        again. `stream` leaves the body unread for `Answer.chunks` (a GET of a file). The
-        caller closes the answer.
+        again. `stream` leaves the body unread for `Answer.chunks` (a GET of a file, as stored,
+        or with `compressed` a listing). The caller closes the answer.
         """
         if not self._logged_in:
             self.login()
@@ -432,7 +458,7 @@ class Session:
             url += "?" + urlencode(params)
         for attempt in range(2):
             generation = self._generation
-            answer = self._send(method, url, stream=stream)
+            answer = self._send(method, url, stream=stream, compressed=compressed)
             if attempt == 1 or not (answer.status == 401 or self._is_login_page(answer)):
                 break
             answer.close()
@@ -445,23 +471,45 @@ class Session:
         return answer
 
     def get_json(self, rest_path: str, params: dict[str, str] | None = None) -> Any:
-        """The decoded ``format=json`` answer of a GET."""
-        with self.request("GET", rest_path, params={"format": "json", **(params or {})}) as answer:
+        """The decoded ``format=json`` answer of a GET (an item document: held whole, so read
+        up to `max_listing_bytes`)."""
+        with self.request("GET", rest_path, params={"format": "json", **(params or {})},
+                          stream=True, compressed=True) as answer:
             try:
-                return json.loads(answer.content)
+                body = resultset.read_capped(answer.chunks(LISTING_CHUNK),
+                                             self.max_listing_bytes, answer.url)
+            except BodyBrokeOff as exc:
+                raise _broke_off(answer.url, exc) from exc
+            try:
+                return json.loads(body)
             except ValueError as exc:
                 raise NotXnatError(f"GET {safe_url(answer.url)} did not answer JSON; check that "
                                    "the URL is an XNAT server", answer.status, answer.url) from exc
 
+    def iter_rows(self, rest_path: str, params: dict[str, str] | None = None
+                  ) -> Iterator[dict[str, Any]]:
+        """The rows of an XNAT listing (``ResultSet.Result``) as they arrive, in order, so that
+        memory stays flat however many there are; XNAT sends every value as text. The request
+        goes out at the first row asked for. A body that breaks off before its first row is
+        asked for again (urllib3 retried only up to the headers); later, it is an XnatError."""
+        params = {"format": "json", **(params or {})}
+        for attempt in range(3):
+            yielded = 0
+            with self.request("GET", rest_path, params=params, stream=True,
+                              compressed=True) as answer:
+                try:
+                    for row in resultset.iter_rows(answer.chunks(LISTING_CHUNK),
+                                                   self.max_listing_bytes, answer.url):
+                        yielded += 1
+                        yield row
+                    return
+                except BodyBrokeOff as exc:
+                    if yielded or attempt == 2:
+                        raise _broke_off(answer.url, exc) from exc
+
     def rows(self, rest_path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """The rows of an XNAT listing (``ResultSet.Result``); XNAT sends every value as text."""
-        data = self.get_json(rest_path, params)
-        try:
-            rows = data["ResultSet"]["Result"]
-        except (KeyError, TypeError) as exc:
-            raise NotXnatError(f"GET {safe_url(self.url(rest_path))} is not an XNAT listing "
-                               "(no ResultSet.Result)") from exc
-        return [row for row in rows if isinstance(row, dict)]
+        """The rows of an XNAT listing (``ResultSet.Result``), all at once."""
+        return list(self.iter_rows(rest_path, params))
 
     # ---------------------------------------------------------------- errors
 
@@ -496,7 +544,7 @@ class Session:
                 + self.auth_hint(), 401, url)
         detail = ""
         if method != "HEAD":  # the body is only decoration for the message
-            match = _H3.search(answer.content[:4096].decode("utf-8", "replace"))
+            match = _H3.search(answer.start(MESSAGE_BYTES).decode("utf-8", "replace"))
             detail = f" ({match.group(1).strip()})" if match else ""
         where = f"{method} {safe_url(url)}"
         if status == 403:
@@ -517,6 +565,11 @@ class Session:
                 f"HTTP {status} {answer.reason} for {where}{detail}{retried}: the server failed; "
                 "try again later, or ask the XNAT administrators if it persists", status, url)
         return XnatError(f"HTTP {status} {answer.reason} for {where}{detail}", status, url)
+
+
+def _broke_off(url: str, exc: BodyBrokeOff) -> XnatError:
+    return XnatError(f"GET {safe_url(url)} broke off ({exc}) in the middle of its answer; "
+                     "try again", None, url)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
