@@ -41,11 +41,13 @@ from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
 from ..layout import LayoutError, PathFormat
 from .datasets import Hierarchy, tree_above
 from .fetch import Fetcher, hash_contents
-from .gitannex import RegistrationError, current_branch, git_dir
+from .gitannex import RegistrationError, current_branch, git_dir, terminations_interrupt
 from .helpers import helper_processes
 from git_annex_remote_xnat.client import Walk
 
 from .plan import Counts, Plan, Planner, PlanOptions, Scope, UpdateAborted
+from .recovery import Journal, recover
+from .spool import use_spool_directory
 from .write import Writer
 
 lgr = logging.getLogger("datalad.xnat.update")
@@ -134,7 +136,8 @@ class XnatUpdate(Interface):
             credential=credential or config.credential, force=force,
             fast=reckless == "fast", ifexists=ifexists or "overwrite",
             jobs=None if jobs == "auto" else jobs, remove_gone=remove_gone)
-        yield from Update(ds, config, options).run()
+        with terminations_interrupt():  # SIGTERM and SIGHUP get Ctrl-C's cleanup
+            yield from Update(ds, config, options).run()
 
 
 @dataclass
@@ -230,7 +233,11 @@ class Update:
         client = XnatClient(self.config.url, resolved.credential, retries=3,
                             pool_size=max(16, self.options.jobs or 0))
         planner: Planner | None = None
+        journal = Journal(lock_path.parent)
+        spool_before = use_spool_directory(journal.scratch)
         try:
+            for problem in recover(journal):  # what an interrupted update left
+                yield self.result("error", problem)
             try:
                 client.login()
             except XnatError as exc:
@@ -238,7 +245,7 @@ class Update:
                 return
             fetcher = None if self.options.fast else Fetcher(
                 client, self.config.url, self.config.remote, hierarchy.view(""),
-                self.options.jobs, fetch_processes)
+                self.options.jobs, fetch_processes, journal)
             planner = self.planner(hierarchy, fmt, fetcher)
             try:
                 if fetcher is not None:
@@ -254,7 +261,7 @@ class Update:
                 if fetcher is not None:
                     fetcher.listed(plan)
                 yield from self.report_planned(plan, fmt)
-                commits = Writer(hierarchy, self.config).write(plan)
+                commits = Writer(hierarchy, self.config, journal).write(plan)
             except BaseException as exc:
                 if fetcher is not None:
                     fetcher.discard()
@@ -270,6 +277,8 @@ class Update:
             client.close()
             if planner is not None:
                 planner.close()
+            use_spool_directory(spool_before)
+            journal.clean_scratch()
             lock.release()
 
     # ------------------------------------------------------------------------------- stages

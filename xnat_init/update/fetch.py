@@ -28,7 +28,8 @@ from .gitannex import AnnexBatch
 from .helpers import MIN_FILES_FOR_PROCESSES, ProcessPlacer, helper_processes
 from .placement import AnnexPlacer, BackgroundFetch, WantedStream, direct_fetch_refusal
 from .plan import ChangeSet, Plan
-from .spool import Entry
+from .recovery import Journal, pause_point
+from .spool import Entry, spool_directory
 
 lgr = logging.getLogger("datalad.xnat.update")
 DEFAULT_JOBS = 4
@@ -49,7 +50,7 @@ def hash_contents(client, base_url: str, items: list, jobs: int | None) -> Itera
     from git_annex_remote_xnat.client import XnatError
 
     def fetch_and_hash(item):
-        with tempfile.TemporaryDirectory(prefix="xnat-hash-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="xnat-hash-", dir=spool_directory()) as scratch:
             dest = Path(scratch) / "content"
             try:
                 client.download(rest_path(item.url, base_url), dest, size=item.record.size)
@@ -69,7 +70,7 @@ class Fetcher:
     """Every download of one update's content, in the order described in the module docstring."""
 
     def __init__(self, client, base_url: str, remote: str, top: DatasetView, jobs: int | None,
-                 fetch_processes: str | None) -> None:
+                 fetch_processes: str | None, journal: Journal | None = None) -> None:
         self.client = client
         self.base_url = base_url
         self.remote = remote
@@ -79,6 +80,9 @@ class Fetcher:
         self.stream = WantedStream()
         self.early: BackgroundFetch | None = None
         self._top_entries: ChangeSet | None = None
+        self._wanted_any = False
+        self.journal = journal   # the markers of content placed but not recorded yet
+        self._placers: list[AnnexPlacer | ProcessPlacer] = []
 
     # ------------------------------------------------------------------- during the listing
 
@@ -105,6 +109,9 @@ class Fetcher:
 
     def want(self, entry: Entry) -> None:
         """A wanted file of the top dataset, as the plan finds it."""
+        if not self._wanted_any:
+            self._wanted_any = True
+            pause_point("listing")
         self.stream.put(entry)
 
     def _top_spooled(self) -> Iterable[Entry]:
@@ -127,11 +134,19 @@ class Fetcher:
         """The run stops before its commit: remove what the early downloads placed."""
         if self.early is not None:
             self.early.discard()
+            self._end_markers()
+
+    def _end_markers(self) -> None:
+        """Everything placed is recorded (or removed again): no repair needed."""
+        if self.journal is not None:
+            for placer in self._placers:
+                self.journal.end(placer.marker)
 
     # --------------------------------------------------------------------- after the commit
 
     def fetch(self, plan: Plan) -> Iterator[Outcome]:
         """Every wanted file's outcome: the early downloads', then the rest's, per dataset."""
+        pause_point("fetch")
         early = self.early
         try:
             for relpath, fetched in early.outcomes():
@@ -151,21 +166,27 @@ class Fetcher:
             else:
                 lgr.debug("fetching with git annex get in %s: %s", view.path, refusal)
                 yield from self._fetch_with_annex(change_set)
+        self._end_markers()
 
     def _placer(self, view: DatasetView, count: int) -> AnnexPlacer | ProcessPlacer:
         """Downloads of `count` (or more) files into one dataset: in helper processes when
         there are many (helpers.py), else in threads of this process."""
         processes = helper_processes(self.jobs, count, self.fetch_processes)
         uuid = view.settings.annex_uuid
+        placer: AnnexPlacer | ProcessPlacer
         if processes > 1:
-            return ProcessPlacer(view.path, self.base_url, self.client.credential,
-                                 processes, threads=-(-self.jobs // processes), uuid=uuid)
-        client, base_url = self.client, self.base_url
+            placer = ProcessPlacer(view.path, self.base_url, self.client.credential, processes,
+                                   threads=-(-self.jobs // processes), uuid=uuid,
+                                   journal=self.journal)
+        else:
+            client, base_url = self.client, self.base_url
 
-        def download(url: str, dest: Path, size: int, md5: str) -> None:
-            client.download(rest_path(url, base_url), dest, size=size, md5=md5)
+            def download(url: str, dest: Path, size: int, md5: str) -> None:
+                client.download(rest_path(url, base_url), dest, size=size, md5=md5)
 
-        return AnnexPlacer(view.path, download, self.jobs, uuid)
+            placer = AnnexPlacer(view.path, download, self.jobs, uuid, self.journal)
+        self._placers.append(placer)
+        return placer
 
     def _fetch_with_annex(self, change_set: ChangeSet) -> Iterator[Outcome]:
         view = change_set.view

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -48,6 +49,7 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 from git_annex_remote_xnat.keys import hashdir_lower, key_from_target, symlink_target
 
 from ..layout import path_hash
+from .recovery import Journal, pause_point
 
 GITLINK_MODE = "160000"
 SYMLINK_MODE = "120000"
@@ -82,28 +84,59 @@ def git(repo: Path, *args: str, input: str | bytes | None = None,
     return proc
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) waits until the block is done, then interrupts as usual.
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP wait until the block is done, then act as usual.
 
     For steps that must not stop halfway: once the branch has moved, the index and work tree
     must follow (an update interrupted between the two left every file staged as deleted). Git
-    commands in the block run `shielded`, since the terminal sends SIGINT to them too. A SIGINT
+    commands in the block run `shielded`, since the terminal sends SIGINT to them too. A signal
     received in the block is sent again after it, under the handler that was there before: a
-    KeyboardInterrupt as usual, nothing where SIGINT was ignored (a command started with `&`
-    or nohup). Signal handlers belong to the main thread; elsewhere the block runs unprotected.
+    KeyboardInterrupt as usual, nothing where it was ignored (a command started with `&` or
+    nohup). Signal handlers belong to the main thread; elsewhere the block runs unprotected.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        signal.raise_signal(signal.SIGINT)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):
+        signal.raise_signal(signum)
+
+
+@contextmanager
+def terminations_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the block as Ctrl-C does (a KeyboardInterrupt), so that what
+    kill, timeout, systemd and batch schedulers send gets the same cleanup; a second one while
+    that cleanup runs is ignored. Handlers someone else installed, or an ignored SIGHUP
+    (nohup), are left alone; only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = [signum for signum in (signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(signum) == signal.SIG_DFL]
+
+    def interrupt(signum, frame) -> None:
+        for other in ours:
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for signum in ours:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum in ours:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def current_branch(repo: Path) -> tuple[str, str | None]:
@@ -164,6 +197,19 @@ def ls_tree(repo: Path, treeish: str, *, recursive: bool = True) -> Iterator[tup
         proc.wait()
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """End a git coprocess now and close our ends of its pipes (a thread blocked on one of
+    them gets an error instead of waiting forever)."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            if pipe:
+                pipe.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+
 class CatFile:
     """A `git cat-file --batch` coprocess: the one reader of object contents.
 
@@ -206,6 +252,10 @@ class CatFile:
     def close(self) -> None:
         self.end_questions()
         self._proc.wait()
+
+    def kill(self) -> None:
+        """Stop at once (a thread blocked asking or answering gets an error)."""
+        _kill(self._proc)
 
 
 class AnnexBranchLookup:
@@ -402,8 +452,20 @@ class FastImport:
         assert self._proc.stdin
         try:
             self._proc.stdin.write(data)
-        except BrokenPipeError:
-            pass  # git stopped: finish() reports its message
+        except (BrokenPipeError, ValueError):
+            raise self._stopped() from None
+
+    def _stopped(self) -> RegistrationError:
+        """The error for a fast-import that ended before its input did (killed, or refused)."""
+        try:
+            if self._proc.stdin:
+                self._proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        err = self._proc.stderr.read() if self._proc.stderr else b""
+        self._proc.wait()
+        return RegistrationError(f"git fast-import stopped (status {self._proc.returncode}) in "
+                                 f"{self.repo}: {err.decode(errors='replace').strip()}")
 
     def _add(self, data: bytes) -> None:
         self._buffer.append(data)
@@ -427,13 +489,15 @@ class FastImport:
         self._add(f"D {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
 
     def finish(self, what: str) -> None:
-        self._write(b"".join(self._buffer) + b"\ndone\n")
-        self._buffer.clear()
         try:
+            self._write(b"".join(self._buffer) + b"\ndone\n")
+            self._buffer.clear()
             assert self._proc.stdin
             self._proc.stdin.close()
         except BrokenPipeError:
             pass
+        except RegistrationError as exc:
+            raise RegistrationError(f"git fast-import ({what}): {exc}") from None
         err = self._proc.stderr.read() if self._proc.stderr else b""
         self._proc.wait()
         if self._proc.returncode != 0:
@@ -442,8 +506,7 @@ class FastImport:
 
     def abort(self) -> None:
         """Stop without committing (the ref stays as it was)."""
-        self._proc.kill()
-        self._proc.wait()
+        _kill(self._proc)
 
 
 def ident(repo: Path, which: str) -> str:
@@ -482,8 +545,8 @@ def _grouped_by_key(pairs_sorted: Iterable[tuple[str, str]]) -> Iterator[tuple[s
 
 def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
                         progress: Callable[[int], None] | None,
-                        message: bytes = b"update (xnat-update: register keys and xnat: URLs)"
-                        ) -> int:
+                        message: bytes = b"update (xnat-update: register keys and xnat: URLs)",
+                        point: str = "annex-branch") -> int:
     """Fast-import commits on git-annex's branch: every key present in the repository or
     remote `remote_uuid`, and its URLs; one commit per ANNEX_CHUNK_KEYS keys.
 
@@ -502,12 +565,13 @@ def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], rem
     written = 0
     while (first := next(groups, None)) is not None:
         chunk = chain([first], islice(groups, ANNEX_CHUNK_KEYS - 1))
-        written += _write_annex_chunk(repo, chunk, remote_uuid, stamp, progress, message)
+        written += _write_annex_chunk(repo, chunk, remote_uuid, stamp, progress, message, point)
     return written
 
 
 def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remote_uuid: str,
-                       stamp: str, progress: Callable[[int], None] | None, message: bytes) -> int:
+                       stamp: str, progress: Callable[[int], None] | None, message: bytes,
+                       point: str) -> int:
     """One fast-import commit on git-annex's branch for `groups` of (key, urls).
 
     The existing logs are read with a pipelined CatFile (a feeder thread asks, this thread reads
@@ -518,16 +582,27 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
     pending: queue.Queue = queue.Queue(maxsize=PENDING_KEYS)
     feed_error: list[BaseException] = []
     branch = AnnexBranchLookup(repo)
+    stopping = threading.Event()  # this thread left: the feeder must not wait for it
+
+    def put(item) -> None:
+        while not stopping.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def feed() -> None:
         try:
             for key, urls in groups:
+                if stopping.is_set():
+                    return
                 base = f"{hashdir_lower(key)}{key}"
                 # both logs live in one folder: if it exists, both are asked for (a missing
                 # one is answered "missing"); if not, neither is
                 log = branch.spec(base + ".log")
                 asked = log is not None
-                pending.put((base, urls, asked))
+                put((base, urls, asked))
                 if asked:
                     catfile.ask(log, flush=not urls)
                     if urls:
@@ -537,9 +612,10 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
                     # at a chunk's start: a few keys in folders that exist, then none)
             catfile.end_questions()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            feed_error.append(exc)
+            if not stopping.is_set():
+                feed_error.append(exc)
         finally:
-            pending.put(None)
+            put(None)
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -559,9 +635,14 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
             if changed and web is not None:
                 importer.file(base + ".log.web", web)
             written += 1
+            if written == 1:
+                pause_point(point)
             if progress:
                 progress(1)
     except BaseException:
+        # the feeder may be blocked on a full queue or on git cat-file's full pipes
+        stopping.set()
+        catfile.kill()
         importer.abort()
         raise
     finally:
@@ -657,14 +738,38 @@ def record_present(repo: Path, keys: Iterable[str], uuid: str) -> None:
     by placement.AnnexPlacer). The caller checked that git-annex's journal is empty."""
     ordered = sorted(set(keys), key=lambda key: (hashdir_lower(key), key))
     _write_annex_branch(repo, ((key, "") for key in ordered), uuid, None,
-                        message=b"update (xnat-update: content fetched from XNAT)")
+                        message=b"update (xnat-update: content fetched from XNAT)",
+                        point="record")
+
+
+def record_absent(repo: Path, keys: Iterable[str], uuid: str) -> None:
+    """Record in git-annex's branch that the repository `uuid` no longer has each key."""
+    stamp = f"{time.time():.9f}s"  # after the "present" line, also within its second
+    importer = FastImport(repo, "refs/heads/git-annex",
+                          b"update (xnat-update: content not here)", "refs/heads/git-annex")
+    catfile = CatFile(repo)
+    try:
+        for key in sorted(set(keys)):
+            log = f"{hashdir_lower(key)}{key}.log"
+            existing = catfile.get(f"refs/heads/git-annex:{log}") or b""
+            if uuid in _present_values(existing):
+                line = f"{stamp} 0 {uuid}\n".encode()
+                importer.file(log, existing + (b"" if existing.endswith(b"\n") else b"\n")
+                              + line)
+    except BaseException:
+        importer.abort()
+        raise
+    finally:
+        catfile.close()
+    importer.finish("git-annex branch")
 
 
 # ------------------------------------------------------------------------- the dataset's branch
 
 def commit_tree_changes(repo: Path, changes: Iterable[Located], removals: Iterable[str],
                         gitlinks: dict[str, str], message: str,
-                        extra_files: dict[str, bytes] | None = None) -> str | None:
+                        extra_files: dict[str, bytes] | None = None,
+                        journal: "Journal | None" = None) -> str | None:
     """One commit on the dataset's branch: symlinks for `changes`, deletions, subdataset commits.
 
     The tree is built by git fast-import in steps of TREE_CHUNK_CHANGES changes (a process each:
@@ -672,7 +777,8 @@ def commit_tree_changes(repo: Path, changes: Iterable[Located], removals: Iterab
     then becomes one commit on top of HEAD, so the history shows one commit whatever the size.
     The work tree and index follow with `git read-tree -m -u`; if that is refused (a local change
     in the way), the branch is put back and RegistrationError raised. Returns the new commit, or
-    None when nothing changed.
+    None when nothing changed. With a `journal`, a marker says the move is under way until it
+    is done, so that the next run finishes a move that was killed (recovery.py).
     """
     ref, head = current_branch(repo)
     pending = iter(changes)
@@ -685,6 +791,7 @@ def commit_tree_changes(repo: Path, changes: Iterable[Located], removals: Iterab
         while (change := next(pending, None)) is not None or first:
             importer = FastImport(repo, TEMP_REF, body, base, author=True, force=True)
             if first:
+                pause_point("tree")
                 for path in removals:
                     importer.delete(path)
                 for path, commit in gitlinks.items():
@@ -707,13 +814,143 @@ def commit_tree_changes(repo: Path, changes: Iterable[Located], removals: Iterab
     new = git(repo, "commit-tree", tree, *(["-p", head] if head else []),
               input=message).stdout.strip()
     with interrupts_deferred():
+        marker = journal.begin("worktree", repo, ref=ref, old=head, new=new) if journal else None
         git(repo, "update-ref", "-m", "xnat-update", ref, new, head or "0" * 40, shielded=True)
+        pause_point("read-tree")
         move = git(repo, "read-tree", "-m", "-u", *([head] if head else []), new, check=False,
                    shielded=True)
+        if move.returncode < 0:  # killed halfway: the marker stays, the next run finishes it
+            raise RegistrationError(f"git read-tree was stopped (signal {-move.returncode}) "
+                                    f"while updating the work tree of {repo}; run xnat-update "
+                                    "again to finish it")
         if move.returncode != 0:
             git(repo, "update-ref", "-m", "xnat-update: undo", ref, head or "0" * 40, new,
                 check=False, shielded=True)
+        if journal:
+            journal.end(marker)
     if move.returncode != 0:
         raise RegistrationError(f"cannot update the work tree of {repo}: {move.stderr.strip()}; "
                                 "commit or discard local changes and run again")
     return new
+
+
+# ------------------------------------------------------------------------------- repairs
+
+def _work_tree_matches(repo: Path, path: str, mode: str, sha: str) -> bool:
+    """Whether the work tree holds the tree entry (mode, sha) at `path` (absent: mode 0)."""
+    full = repo / path
+    if mode == "000000":
+        return not os.path.lexists(full)
+    try:
+        if mode == SYMLINK_MODE:
+            content = os.fsencode(os.readlink(full))
+        elif full.is_symlink() or not full.is_file():
+            return False
+        else:
+            content = full.read_bytes()
+    except OSError:
+        return False
+    return blob_sha(content).hex() == sha
+
+
+def finish_worktree_move(repo: Path, ref: str, old: str | None, new: str) -> None:
+    """Finish moving `repo` from commit `old` to `new` (commit_tree_changes was stopped
+    between moving the branch and the end of `git read-tree -m -u`).
+
+    `git read-tree` takes `index.lock`, rewrites the changed files one by one and writes the
+    index last, so a killed one leaves the lock, the old index and some files already new.
+    Those files are staged as they are (they are the new commit's), then the move is made
+    again, which touches only the rest; a local change in the way puts the branch back.
+    """
+    current = git(repo, "rev-parse", "-q", "--verify", ref, check=False).stdout.strip() or None
+    if current not in (old, new):
+        return  # the branch moved on since (someone committed): nothing of ours to finish
+    lock = git_dir(repo) / "index.lock"
+    lock.unlink(missing_ok=True)
+    base = old or git(repo, "hash-object", "-t", "tree", "--stdin", input="").stdout.strip()
+    diff = git(repo, "diff-tree", "-r", "-z", "--no-renames", base, new).stdout
+    fields = diff.split("\0")
+    moved = []
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        parts = meta.lstrip(":").split()
+        if len(parts) < 5 or GITLINK_MODE in parts[:2]:
+            continue
+        if _work_tree_matches(repo, path, parts[1], parts[3]):
+            moved.append(path)
+    with interrupts_deferred():
+        if moved:
+            git(repo, "update-index", "--add", "--remove", "-z", "--stdin",
+                input="\0".join(moved) + "\0", shielded=True)
+        if current != new:
+            git(repo, "update-ref", "-m", "xnat-update: finish", ref, new, current or "0" * 40,
+                shielded=True)
+        move = git(repo, "read-tree", "-m", "-u", *([old] if old else []), new, check=False,
+                   shielded=True)
+        if move.returncode != 0:
+            git(repo, "update-ref", "-m", "xnat-update: undo", ref, old or "0" * 40, new,
+                check=False, shielded=True)
+    if move.returncode != 0:
+        raise RegistrationError(f"cannot finish updating the work tree of {repo}: "
+                                f"{move.stderr.strip()}; commit or discard local changes and "
+                                "run again")
+
+
+def _annex_objects(repo: Path) -> set[str]:
+    """The keys whose content is in `repo`'s annex (objects/<hashdir>/<key>/<key>)."""
+    root = git_dir(repo) / "annex" / "objects"
+    found = set()
+    for top in os.scandir(root) if root.is_dir() else ():
+        for second in os.scandir(top.path):
+            for folder in os.scandir(second.path):
+                if os.path.isfile(os.path.join(folder.path, folder.name)):
+                    found.add(folder.name)
+    return found
+
+
+def _keys_logged_here(repo: Path, uuid: str) -> set[str]:
+    """The keys whose location log on git-annex's branch says `uuid` has them."""
+    logs = [(sha, path.rsplit("/", 1)[1][:-len(".log")])
+            for mode, sha, path in ls_tree(repo, "refs/heads/git-annex")
+            if path.endswith(".log") and path.count("/") == 2]
+    catfile = CatFile(repo)
+
+    def ask() -> None:
+        for sha, _ in logs:
+            catfile.ask(sha, flush=False)
+        catfile.end_questions()
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    here = set()
+    try:
+        for _, key in logs:
+            content = catfile.answer()
+            if content and uuid in _present_values(content):
+                here.add(key)
+    finally:
+        asker.join()
+        catfile.close()
+    return here
+
+
+def reconcile_content(repo: Path, uuid: str) -> None:
+    """Make the location log of `repo` (annex UUID `uuid`) say what its annex holds: keys
+    whose content is there are recorded as here, keys recorded without content as not."""
+    present = _annex_objects(repo)
+    logged = _keys_logged_here(repo, uuid)
+    unrecorded, lost = present - logged, logged - present
+    if not unrecorded and not lost:
+        return
+    if not journal_is_empty(repo):  # git-annex's own view includes its journal
+        proc = git(repo, "annex", "setpresentkey", "--batch", check=False, input="".join(
+            [f"{key} {uuid} 1\n" for key in sorted(unrecorded)]
+            + [f"{key} {uuid} 0\n" for key in sorted(lost)]))
+        if proc.returncode != 0:
+            raise RegistrationError(f"git annex setpresentkey failed in {repo}: "
+                                    f"{proc.stderr.strip()}")
+        return
+    with interrupts_deferred():
+        if unrecorded:
+            record_present(repo, unrecorded, uuid)
+        if lost:
+            record_absent(repo, lost, uuid)

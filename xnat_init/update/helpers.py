@@ -22,10 +22,12 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .gitannex import RegistrationError
+from .recovery import Journal
 from .placement import AnnexPlacer, Fetched, object_path
 from .spool import Entry
 
@@ -81,7 +83,7 @@ class ProcessPlacer:
     `processes` helper processes of `threads` threads each."""
 
     def __init__(self, repo: Path, base_url: str, credential, processes: int,
-                 threads: int, uuid: str) -> None:
+                 threads: int, uuid: str, journal: Journal | None = None) -> None:
         self.repo = repo
         self.processes = max(1, processes)
         self.threads = max(1, threads)
@@ -92,7 +94,11 @@ class ProcessPlacer:
                 "password": credential.password, "source": credential.source},
         }
         # record and discard are AnnexPlacer's, on the keys the helpers placed
-        self._recorder = AnnexPlacer(repo, lambda *args: None, 1, uuid)
+        self._recorder = AnnexPlacer(repo, lambda *args: None, 1, uuid, journal)
+
+    @property
+    def marker(self) -> Path | None:
+        return self._recorder.marker
 
     @property
     def placed(self) -> list[str]:
@@ -111,6 +117,7 @@ class ProcessPlacer:
         wanted twice skipped, nothing new started once `stop` is set."""
         stop = stop or threading.Event()
         halt = threading.Event()  # this call's own: the consumer stopped early
+        self._recorder.mark()
         helpers = [_Helper(self._header) for _ in range(self.processes)]
         lock = threading.Lock()
         waiting: dict[str, Entry] = {}
@@ -195,6 +202,20 @@ class ProcessPlacer:
                 self.record()
 
 
+def _end_with_parent() -> None:
+    """A helper must not outlive the update (killed with SIGKILL, it cannot stop its
+    helpers): a thread watches for the parent to go and then ends this process at once. The
+    downloads it was given are lost; what it placed, the next update records."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="xnat-helper-watch").start()
+
+
 def main() -> int:
     """The helper process: see the module docstring."""
     from git_annex_remote_xnat.client import XnatClient
@@ -203,6 +224,7 @@ def main() -> int:
 
     # failures are answered per file; retries logged by urllib3 are not for the user's terminal
     logging.getLogger().addHandler(logging.NullHandler())
+    _end_with_parent()
     header = json.loads(sys.stdin.readline())
     credential = Credential(**header["credential"]) if header["credential"] else None
     threads = int(header["threads"])

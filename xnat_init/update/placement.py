@@ -35,6 +35,7 @@ from git_annex_remote_xnat.keys import object_relpath, parse_key
 
 from ..config import DatasetSettings
 from .gitannex import RegistrationError, journal_is_empty, record_present
+from .recovery import Journal
 from .spool import Entry
 
 # git config settings under which git-annex would place or protect content differently
@@ -81,10 +82,13 @@ class AnnexPlacer:
     """Downloads wanted keys with a client and puts them into one dataset's annex."""
 
     def __init__(self, repo: Path, download: Callable[[str, Path, int, str], object],
-                 jobs: int, uuid: str) -> None:
+                 jobs: int, uuid: str, journal: Journal | None = None) -> None:
         """`download(url, dest, size, md5)` fetches one xnat: URL verified (XnatClient.download
-        behind a URL-to-REST-path mapping) and raises with a one-line message on failure."""
+        behind a URL-to-REST-path mapping) and raises with a one-line message on failure.
+        With a `journal`, a marker says content may be here unrecorded (see mark())."""
         self.repo = repo
+        self.journal = journal
+        self.marker: Path | None = None
         self.download = download
         self.jobs = max(1, jobs)
         self.uuid = uuid  # the repository's own annex.uuid: record() says the content is here
@@ -99,6 +103,7 @@ class AnnexPlacer:
         set, no further download starts. With `record`, the location log is written at the
         end, also when the caller stops early or an error escapes; without it, the caller
         calls record() (or discard())."""
+        self.mark()
         scratch = self._scratch()
         try:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -135,6 +140,13 @@ class AnnexPlacer:
                     future.add_done_callback(lambda done, item=item: report(item, done.result()))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def mark(self) -> None:
+        """Before the first placement: leave a marker until the caller is done (it removes
+        it), so that a run killed between placing and recording has the next run record what
+        is here (recovery.py)."""
+        if self.journal is not None and self.marker is None:
+            self.marker = self.journal.begin("content", self.repo, uuid=self.uuid)
 
     def _scratch(self) -> Path:
         """A private folder in .git/annex/tmp (same file system as the objects: moves are
@@ -203,8 +215,8 @@ class AnnexPlacer:
         try:
             record_present(self.repo, keys, self.uuid)
         except RegistrationError as exc:
-            raise RegistrationError(f"{exc}; the content is in place, `git annex fsck` in "
-                                    f"{self.repo} records it") from exc
+            raise RegistrationError(f"{exc}; the content is in place, the next xnat-update "
+                                    f"records it") from exc
 
 
 class WantedStream:

@@ -42,7 +42,7 @@ from ..layout import (
 )
 from .datasets import DatasetView, Hierarchy
 from .gitannex import key_urls, symlink_fingerprint, tracked_keys
-from .spool import Entry, EntrySpool
+from .spool import Entry, EntrySpool, spool_directory
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -185,7 +185,8 @@ class Planner:
         self.failures: list[str] = []
         self._collisions = CollisionTracker()
         self._sources = tempfile.NamedTemporaryFile("w+", encoding="utf-8",
-                                                    errors="surrogateescape", prefix="xnat-paths-")
+                                                    errors="surrogateescape", prefix="xnat-paths-",
+                                                    dir=spool_directory())
         self._conflicts: list[str] = []
         self._unkeyed: list[_Unkeyed] = []
         self._unseen_keys: dict[str, dict[str, str]] = {}

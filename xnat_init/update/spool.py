@@ -18,6 +18,21 @@ from typing import Iterator
 from git_annex_remote_xnat.keys import hashdir_lower
 
 PENDING_LINES = 20_000
+_directory: list[str | None] = [None]
+
+
+def spool_directory() -> str | None:
+    """Where the update's temporary files go (None: the system's temporary folder)."""
+    return _directory[0]
+
+
+def use_spool_directory(path: str | os.PathLike | None) -> str | None:
+    """Put the temporary files of the running update into `path` (xnat-update: a folder in
+    the dataset's .git, which the next run empties, so that not even a killed run leaves
+    files behind in TMPDIR); returns the previous setting."""
+    previous = _directory[0]
+    _directory[0] = None if path is None else os.fspath(path)
+    return previous
 
 
 class LineSpool:
@@ -27,7 +42,7 @@ class LineSpool:
     _pending_total = 0
 
     def __init__(self, prefix: str) -> None:
-        fd, self.path = tempfile.mkstemp(prefix=prefix)
+        fd, self.path = tempfile.mkstemp(prefix=prefix, dir=spool_directory())
         os.close(fd)
         self._pending: list[str] = []
         self.count = 0
@@ -127,7 +142,8 @@ class EntrySpool:
         self._spool.flush()
         env = dict(os.environ, LC_ALL="C")
         # -S: sort's own buffer, else it holds the whole spool in memory
-        proc = subprocess.Popen(["sort", "-S", "32M", "-t", "\t", "-k2,2", "-s",
+        scratch = ["-T", spool_directory()] if spool_directory() else []
+        proc = subprocess.Popen(["sort", "-S", "32M", *scratch, "-t", "\t", "-k2,2", "-s",
                                  self._spool.path],
                                 stdout=subprocess.PIPE, env=env, text=True,
                                 encoding="utf-8", errors="surrogateescape")

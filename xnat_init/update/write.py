@@ -9,7 +9,10 @@ works in a fresh clone. A dataset whose commit fails is left at its last commit.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +33,8 @@ from ..specialremote import ensure_special_remote, remote_uuid
 from .datasets import Hierarchy
 from .gitannex import RegistrationError, commit_tree_changes, register_keys
 from .plan import ChangeSet, Plan
+from .recovery import Journal, pause_point
+from .spool import spool_directory
 
 lgr = logging.getLogger("datalad.xnat.update")
 
@@ -37,14 +42,17 @@ lgr = logging.getLogger("datalad.xnat.update")
 class Writer:
     """Writes one Plan into the datasets of one hierarchy."""
 
-    def __init__(self, hierarchy: Hierarchy, config: XnatConfig) -> None:
+    def __init__(self, hierarchy: Hierarchy, config: XnatConfig,
+                 journal: Journal | None = None) -> None:
         self.hierarchy = hierarchy
         self.config = config
+        self.journal = journal
         self._subdatasets_updated: dict[str, int] = {}
 
     def write(self, plan: Plan) -> int:
         """Create the planned subdatasets that do not exist, then commit; returns the number
         of commits made."""
+        pause_point("write")
         change_sets = plan.change_sets
         for change_set in sorted(change_sets.values(), key=lambda c: c.relpath.count("/")):
             if not change_set.view.exists:
@@ -86,7 +94,8 @@ class Writer:
             register_keys(view.path, change_set.entries.sorted_keys(), uuid, self.config.remote,
                           progress, method=view.settings.register_method)
         new = commit_tree_changes(view.path, change_set.entries.registrations(),
-                                  change_set.removals, gitlinks, self._message(change_set), extra)
+                                  change_set.removals, gitlinks, self._message(change_set), extra,
+                                  journal=self.journal)
         if not new:
             return 0
         view.head = new
@@ -141,25 +150,50 @@ class Writer:
         return extra
 
     def _create_subdataset(self, change_set: ChangeSet) -> None:
-        """A new `//` subdataset: a DataLad dataset with the special remote already enabled."""
+        """A new `//` subdataset: a DataLad dataset with the special remote already enabled.
+
+        It is made complete in the journal's scratch folder and then renamed into place, so
+        an interrupted creation leaves no half-made dataset where the next run would take it
+        for a real one (a scratch folder is emptied by the next run). A folder already there
+        with files in it gets the dataset in place, as before."""
         from datalad.api import create
 
         view = change_set.view
-        results = create(path=str(view.path), result_renderer="disabled", result_xfm=None,
-                         return_type="list", on_failure="ignore")
+        final = view.path
+        in_place = self.journal is None or (final.is_dir() and any(final.iterdir()))
+        if in_place:
+            path = final
+        else:
+            self.journal.scratch.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix="xnat-subdataset-", dir=self.journal.scratch))
+            path.rmdir()
+        results = create(path=str(path), description=_location(final),
+                         result_renderer="disabled", result_xfm=None, return_type="list",
+                         on_failure="ignore")
         failed = [r for r in results if r.get("status") not in ("ok", "notneeded")]
-        if failed or not (view.path / ".git").exists():
+        if failed or not (path / ".git").exists():
             raise RegistrationError(f"could not create subdataset {view.relpath}: "
                                     + "; ".join(str(r.get("message")) for r in failed))
-        ensure_special_remote(view.path, self.config)
+        pause_point("subdataset")
+        ensure_special_remote(path, self.config)
+        if not in_place:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_dir():
+                final.rmdir()  # empty
+            os.rename(path, final)
         view.exists = True
         view.created = True
         view.read()
 
 
+def _location(path: Path) -> str:
+    """git-annex's own description of a repository (user@host:path), for the final path."""
+    return f"{getpass.getuser()}@{socket.gethostname()}:{path}"
+
+
 def _gitmodules_with(content: bytes, entries: list[tuple[str, str]]) -> bytes:
     """.gitmodules content with a submodule entry per (path, datalad id), as DataLad writes it."""
-    with tempfile.TemporaryDirectory(prefix="xnat-gitmodules-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="xnat-gitmodules-", dir=spool_directory()) as scratch:
         path = Path(scratch) / "gitmodules"
         path.write_bytes(content)
         for relpath, ident in entries:
