@@ -3,7 +3,8 @@
 A download never leaves a partial file that looks complete: the body streams to a temporary
 name beside the destination, and is renamed only after Content-Length, the expected size and
 the MD5 all match. git-annex would otherwise take a truncated body, or XNAT's login page, for
-the file.
+the file. Nor is a body read past the file's size: a server that sends more than the file has
+is stopped one byte after it, so a body that never ends cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def file_status(session: Session, rest_path: str) -> FileStatus:
         return FileStatus(None, None, str(exc))
 
 
+class WrongBodyError(DownloadError):
+    """The body is not the file however often it is asked for: more bytes than the file has,
+    or another length announced and sent, or a redirect that led nowhere. Not retried."""
+
+
 def download(session: Session, rest_path: str, dest: str | os.PathLike[str], *,
              size: int | None = None, md5: str | None = None,
              progress: Callable[[int], None] | None = None, attempts: int = 3,
@@ -63,6 +69,8 @@ def download(session: Session, rest_path: str, dest: str | os.PathLike[str], *,
             time.sleep(min(backoff_factor * 2 ** attempt, 10))
         try:
             return _download_once(session, rest_path, Path(dest), size, md5, progress)
+        except WrongBodyError:
+            raise
         except DownloadError as exc:
             # Connection errors and 5xx before the body were already retried by urllib3;
             # what is left to retry here is a body that broke off or arrived corrupted.
@@ -75,46 +83,100 @@ def _download_once(session: Session, rest_path: str, dest: Path, size: int | Non
                    md5: str | None, progress: Callable[[int], None] | None) -> int:
     answer = session.request("GET", rest_path, stream=True)
     url = answer.url
+    where = f"GET {safe_url(url)}"
+    redirects = answer.redirects
+    if redirects:
+        where += f" (redirected to {safe_url(redirects[-1])})"
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
     kept = False
     try:
+        if 300 <= answer.status < 400:
+            raise WrongBodyError(
+                f"GET {safe_url(url)} was redirected {len(redirects) + 1} times without reaching "
+                f"the file (the last answer: HTTP {answer.status} to "
+                f"{safe_url(answer.header('Location')) or 'nowhere'}); check the server URL, "
+                "or ask the XNAT administrators about the redirect loop", answer.status, url)
         announced = int_or_none(answer.header("Content-Length"))
-        if size is not None and announced is not None and announced != size:
-            raise DownloadError(
-                f"GET {safe_url(url)} announces {announced} bytes but {size} are expected: the "
-                "file changed on the server; run `datalad xnat-update` to register it anew",
-                answer.status, url)
+        # A body is never read past the size the file is known to have: a server that sends
+        # more (without a length, or announcing more) is stopped one byte after it.
+        expected = size if size is not None else announced
         digest = hashlib.md5()
-        received = 0
+        received = reported = 0
+        broke_off: BodyBrokeOff | None = None
         try:
             with open(tmp, "wb") as out:
                 for chunk in answer.chunks(CHUNK_SIZE):
                     # The headers did not say HTML; the first bytes may still be the login page.
                     if received == 0 and is_login_page("", rest_path, chunk):
                         raise login_page_error(answer.status, "GET", url, session.auth_hint())
+                    if expected is not None and received + len(chunk) > expected:
+                        raise WrongBodyError(
+                            f"{where} sent more than the {expected} bytes of the file"
+                            f"{_announced(announced, expected)}; it was stopped there and "
+                            f"nothing was kept; {_hint(redirects, announced)}", answer.status, url)
+                    # pieces arrive as the socket gives them: progress is told at most
+                    # every CHUNK_SIZE bytes, and never later
+                    if progress is not None and received - reported + len(chunk) > CHUNK_SIZE \
+                            and received > reported:
+                        progress(received)
+                        reported = received
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
-                    if progress is not None:
-                        progress(received)
         except BodyBrokeOff as exc:
+            broke_off = exc
+        # A Content-Length larger than the file: the whole file came, then the connection
+        # closed short of the announced length. The size (and MD5, below) decide.
+        if broke_off is not None and not (received == expected and announced is not None
+                                          and announced > received):
             raise DownloadError(
-                f"GET {safe_url(url)} broke off after {received} bytes ({exc}); nothing was "
-                "kept; try again", None, url) from exc
-        expected = size if size is not None else announced
+                f"{where} broke off after {received} bytes ({broke_off}); nothing was "
+                "kept; try again", None, url) from broke_off
         if expected is not None and received != expected:
+            if announced == received:
+                raise WrongBodyError(
+                    f"{where} sent {received} bytes, as its Content-Length announced, where the "
+                    f"file has {expected}; nothing was kept; "
+                    + _hint(redirects, announced, consistent=True),
+                    answer.status, url)
             raise DownloadError(
-                f"GET {safe_url(url)} delivered {received} of {expected} bytes (truncated); "
+                f"{where} delivered {received} of {expected} bytes (truncated); "
                 "nothing was kept; try again", answer.status, url)
         if md5 is not None and digest.hexdigest() != md5.lower():
             raise DownloadError(
-                f"GET {safe_url(url)} delivered content with MD5 {digest.hexdigest()}, "
+                f"{where} delivered content with MD5 {digest.hexdigest()}, "
                 f"expected {md5.lower()} (corrupted in transit, or changed on the server); "
                 "nothing was kept; try again or run `datalad xnat-update`", answer.status, url)
         os.replace(tmp, dest)
         kept = True
+        if progress is not None and received > reported:
+            progress(received)
         return received
     finally:
         answer.close()
         if not kept:
             tmp.unlink(missing_ok=True)
+
+
+def _announced(announced: int | None, expected: int) -> str:
+    if announced is None:
+        return " (no Content-Length announced the body's size)"
+    if announced != expected:
+        return f" (its Content-Length announced {announced})"
+    return ""
+
+
+def _hint(redirects: list[str], announced: int | None, consistent: bool = False) -> str:
+    """What to do about a body of the wrong size, by what the answer shows (`consistent`: its
+    Content-Length and its body agree on the size)."""
+    if redirects:
+        return ("the server redirected the download away from the file; check the server URL "
+                "(a moved server or a proxy?)")
+    if announced is None:
+        return ("the server or a proxy sends something else than the file; if XNAT holds a new "
+                "version of it, `datalad xnat-update` registers that")
+    if consistent:
+        return ("the file changed on the server since it was registered; run "
+                "`datalad xnat-update` to register it anew")
+    return ("XNAT's copy differs from the one registered, or its Content-Length is wrong; "
+            "`datalad xnat-update` registers a new version, if there is one")

@@ -260,9 +260,15 @@ class Answer:
         return [step.redirect_location for step in history if step.redirect_location]
 
     def chunks(self, size: int) -> Iterator[bytes]:
-        """The body in pieces of up to `size` bytes; BodyBrokeOff when the connection fails."""
+        """The body in pieces of up to `size` bytes as they arrive; BodyBrokeOff when the
+        connection fails. Each piece is handed on before the next read (urllib3's `stream`
+        would drop what it buffered when a read fails: a body shorter than announced)."""
         try:
-            yield from self._raw.stream(size, decode_content=True)
+            while True:
+                chunk = self._raw.read1(size, decode_content=True)
+                if not chunk:
+                    return
+                yield chunk
         except _TransportError as exc:
             raise BodyBrokeOff(exc.__class__.__name__) from exc
 
