@@ -50,6 +50,28 @@ def md5e_key(size: int, md5: str, filename: str, max_length: int = 4,
     return f"MD5E-s{int(size)}--{md5.lower()}{md5e_extension(filename, max_length, max_extensions)}"
 
 
+def vurl_key(size: int, url: str, filename: str) -> str:
+    """`VURL-s<size>--<hash of the URL><ext>` for a file the server has no digest for, made
+    without downloading it.
+
+    git-annex treats a VURL key's name as opaque and verifies its content by the checksum it
+    records at the first download (every later copy must match), so the name only has to be
+    unique per URL and safe: a SHA-256 of the xnat: URL rather than the URL itself, which
+    would need git-annex's own truncation rules to stay under the file name limit.
+    """
+    name = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"VURL-s{int(size)}--{name}{md5e_extension(filename)}"
+
+
+def file_md5(path: str, chunk: int = 1 << 20) -> str:
+    """The MD5 of a file's content, hex, read in chunks (what an MD5 key names)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # ------------------------------------------------------------------------------------- reading
 
 def key_size(key: str) -> int | None:
@@ -61,6 +83,12 @@ def key_size(key: str) -> int | None:
         if field.startswith("s"):
             return int(field[1:])
     return None
+
+
+def is_vurl_key(key: str) -> bool:
+    """Whether git-annex knows the key's content by its first download only (VURL)."""
+    match = _KEY.match(key)
+    return bool(match) and match["backend"] == "VURL"
 
 
 def key_md5(key: str) -> str | None:

@@ -26,10 +26,12 @@ from annexremote import Master, ProtocolError, RemoteError, SpecialRemote
 
 from . import __version__
 from .annexversion import GitAnnexVersionError, check_git_annex_version
-from .keys import parse_key
+from .keys import file_md5, is_vurl_key, parse_key
 from .messages import one_line
 from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
 from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
+
+_MD5_STATE = "md5="  # the remote's state of a VURL key: the MD5 of its first copy
 
 if TYPE_CHECKING:  # the real import is lazy: importing requests is a large part of a start
     from .client import XnatClient
@@ -240,18 +242,35 @@ class XnatRemote(SpecialRemote):
             raise fail(f"no xnat: URL of {self._base_url} is registered for {key}; "
                        "run `datalad xnat-update` to register the files")
         size, md5 = parse_key(key)
+        first_copy = False
+        if md5 is None and is_vurl_key(key):
+            md5 = self._first_copy_md5(key)
+            first_copy = md5 is None
         client = self._client_for_use()
         errors = []
         for url in urls:
             try:
                 client.download(rest_path(url, self._base_url), filename, size=size, md5=md5,
                                 progress=self.annex.progress)
+                if first_copy:
+                    self.annex.setstate(key, _MD5_STATE + file_md5(filename))
                 return
             except NotFoundError as exc:  # another registered URL may still have it
                 errors.append(str(exc))
             except (XnatError, XnatUrlError) as exc:
                 raise fail(self._explain(exc)) from exc
         raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
+
+    def _first_copy_md5(self, key: str) -> str | None:
+        """The MD5 of a VURL key's first download, recorded in the remote's state.
+
+        git-annex verifies a VURL key by the checksum it records when it downloads the URL
+        itself, not when a special remote that claims the URL does; so this remote records the
+        MD5 of the first copy it fetched (git-annex's branch, SETSTATE) and holds every later
+        copy to it, in any clone.
+        """
+        state = self.annex.getstate(key) or ""
+        return state[len(_MD5_STATE):] if state.startswith(_MD5_STATE) else None
 
     @guarded
     def checkpresent(self, key: str) -> bool:

@@ -133,3 +133,37 @@ def test_a_shared_subject_appears_under_its_label_in_the_tracked_project(xnat, a
     update(ds, "--reckless", "fast")
     assert (ds / "SHR_SUBJ01" / "SHR_SUBJ01_MR1" / "1").is_dir()
     assert not (ds / "SUBJ01").exists()
+
+
+def test_reckless_fast_without_digests_downloads_nothing_and_later_copies_verify(
+        xnat, alice, ds):
+    xnat.faults.drop_digests = True  # the server's checksum preference is off
+    init(ds, xnat.url, "-p", "PUBLIC1", "-e", "SUBJ01_MR1", "-c", "MAT")
+    xnat.counters.reset()
+    summary = update(ds, "--reckless", "fast")
+    downloads = sum(n for route, n in xnat.counters.snapshot()["by_route"].items()
+                    if "/files/" in route and route.startswith("GET"))
+    assert downloads == 0, xnat.counters.snapshot()
+    assert summary["added"] == 2 and summary["no_digest"] == 2, summary
+    path = "SUBJ01/SUBJ01_MR1/BOLD_1/motion.par"
+    key = annex_key(ds, path)
+    size = next(f.size for f in xnat.iter_files("PUBLIC1") if f.path == "motion.par")
+    assert key.startswith(f"VURL-s{size}--"), key
+    # the first download records the checksum; a later copy with other bytes is refused
+    datalad("get", path, cwd=ds)
+    first = (ds / path).read_bytes()
+    run(["git", "annex", "fsck", path], cwd=ds)
+    run(["git", "annex", "drop", "--force", path], cwd=ds)
+    xnat.change_file("motion.par", bytes(len(first)), resource="MAT", session="XNAT_E00001",
+                     scan="BOLD_1", digest=None)
+    refused = run(["git", "annex", "get", path], cwd=ds, check=False)
+    assert refused.returncode != 0 and not (ds / path).exists()
+    # the default mode, which downloads anyway, keeps making MD5E keys, and re-keys a VURL one
+    assert update(ds)["failed"] == 0
+    assert annex_key(ds, path).startswith("MD5E-") and (ds / path).read_bytes() == bytes(
+        len(first))
+    ds2 = ds.parent / "ds2"
+    datalad("create", str(ds2))
+    init(ds2, xnat.url, "-p", "PUBLIC1", "-e", "SUBJ01_MR1", "-c", "MAT")
+    assert update(ds2)["no_digest"] == 2
+    assert annex_key(ds2, path).startswith("MD5E-")

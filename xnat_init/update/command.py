@@ -174,6 +174,8 @@ def summary(counts: Counts, fetched: Fetched, failed: int) -> str:
     if fetched.files:
         parts.append(f"{fetched.files} fetched ({bytes2human(fetched.bytes)})")
     parts.append(f"{failed} failed")
+    if counts.no_digest:
+        parts.append(f"{counts.no_digest} listed without XNAT digest")
     return ", ".join(parts)
 
 
@@ -314,7 +316,11 @@ class Update:
                          options.project)
         planner.check()
         unkeyed = planner.unkeyed()
-        if unkeyed:
+        if unkeyed and options.fast:
+            # --reckless fast downloads nothing: VURL keys, held to their first copy's MD5
+            for item in unkeyed:
+                planner.keyed_by_url(item)
+        elif unkeyed:
             pid = f"xnat-update-hash-{id(self)}"
             log_progress(lgr.info, pid, "Hashing %d files without XNAT digest", len(unkeyed),
                          label="Hashing", total=len(unkeyed), unit=" files")
@@ -400,6 +406,6 @@ class Update:
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
             skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,
-            unknown_collections=unknown,
+            no_digest=total.no_digest, unknown_collections=unknown,
             bytes_added=total.bytes_added, bytes_changed=total.bytes_changed,
             fetched=fetched.files, bytes_fetched=fetched.bytes, commits=commits)

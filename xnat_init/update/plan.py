@@ -17,7 +17,8 @@ elsewhere, by this or another instance, keeps it). It is removed only with --rem
 
 Files without an XNAT digest get their key from their content: the planner hands them out
 (unkeyed), the caller downloads and hashes them (fetch.hash_contents) and gives each key back
-(keyed), or says it failed (unhashable).
+(keyed), or says it failed (unhashable); with --reckless fast, which downloads nothing, they get
+a VURL key instead (keyed_by_url), which git-annex verifies from the first download on.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from git_annex_remote_xnat.client import Walk
-from git_annex_remote_xnat.keys import key_size, md5e_key
+from git_annex_remote_xnat.keys import is_vurl_key, key_size, md5e_key, vurl_key
 from git_annex_remote_xnat.records import FileRecord
 from git_annex_remote_xnat.urls import FileLocation, parse_file_url
 
@@ -74,6 +75,7 @@ class Counts:
     removed: int = 0
     bytes_added: int = 0
     bytes_changed: int = 0
+    no_digest: int = 0   # listed without an XNAT digest (keyed by hashing, or VURL keys)
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
@@ -215,6 +217,7 @@ class Planner:
         fingerprint = self._collisions.add(rendered.path)
         self._sources.write(f"{fingerprint}\t{rendered.path}\t{url}\n")
         if record.md5 is None:
+            self.change_set(rendered.dataset).counts.no_digest += 1
             self._unkeyed.append(_Unkeyed(rendered, url, record))
             return
         self._consider(rendered, Entry(rendered.path_in_dataset,
@@ -285,14 +288,16 @@ class Planner:
         A file the dataset already tracks with a key of the same size counts as unchanged:
         without a digest the server cannot tell of a change of content, and hashing every such
         file on every update would make each update cost what the first one did. --force
-        hashes them again.
+        hashes them again, and so does the default mode a file with a VURL key (registered by
+        --reckless fast): it downloads the content anyway, so the file gets its MD5E key.
         """
         remaining = []
         for item in self._unkeyed:
             inner = item.rendered.path_in_dataset
             key = None if self.options.force else \
                 self._tracked_unseen(item.rendered.dataset).get(inner)
-            if not key or key_size(key) != item.record.size:
+            if not key or key_size(key) != item.record.size or \
+                    (self.options.fetch and is_vurl_key(key)):
                 remaining.append(item)
                 continue
             change_set = self.change_set(item.rendered.dataset)
@@ -308,6 +313,14 @@ class Planner:
         self._consider(item.rendered, Entry(item.rendered.path_in_dataset,
                                             md5e_key(size, md5, item.record.path), item.url),
                        size)
+
+    def keyed_by_url(self, item: _Unkeyed) -> None:
+        """An unkeyed file gets a VURL key with its listed size, without a download (--reckless
+        fast); git-annex records its checksum at the first download and checks later copies."""
+        size = item.record.size
+        self._consider(item.rendered, Entry(item.rendered.path_in_dataset,
+                                            vurl_key(size, item.url, item.record.path),
+                                            item.url), size)
 
     def unhashable(self, item: _Unkeyed, error: str) -> None:
         """An unkeyed file could not be downloaded: reported; what the dataset has of it stays
