@@ -167,3 +167,32 @@ def test_reckless_fast_without_digests_downloads_nothing_and_later_copies_verify
     init(ds2, xnat.url, "-p", "PUBLIC1", "-e", "SUBJ01_MR1", "-c", "MAT")
     assert update(ds2)["no_digest"] == 2
     assert annex_key(ds2, path).startswith("MD5E-")
+
+
+def test_a_dataset_made_by_datalad_xnat_0_2_1_is_adopted(xnat, alice, ds):
+    """0.2.1 stored `path` (its {subject}/{session} were accession IDs) and a blank-separated
+    `collection`, and registered URL- keys of http URLs: its layout stays, no second tree."""
+    config = ds / ".datalad" / "config"
+    for key, value in (("url", xnat.url), ("project", "PUBLIC1"),
+                       ("path", "{subject}/{session}/{scan}/"), ("credential-name", "127.0.0.1"),
+                       ("collection", "DICOM NIFTI")):
+        run(["git", "config", "-f", str(config), f"datalad.xnat.default.{key}", value], cwd=ds)
+    old = next(f for f in xnat.iter_files("PUBLIC1")
+               if f.session_id == "XNAT_E00001" and f.scan_id == "2" and f.resource == "NIFTI")
+    old_path = f"XNAT_S00001/XNAT_E00001/2/{old.path}"
+    run(["git", "annex", "addurl", "--relaxed", "--raw", "--file", old_path,
+         f"{xnat.url}/data/experiments/XNAT_E00001/scans/2/resources/NIFTI/files/{old.path}"],
+        cwd=ds)
+    datalad("save", "-m", "as datalad-xnat 0.2.1 left it", cwd=ds)
+    assert annex_key(ds, old_path).startswith(("URL-", "VURL-"))
+
+    summary = update(ds, "--reckless", "fast")
+    assert summary["status"] == "ok", summary
+    assert not (ds / "SUBJ01").exists() and not (ds / "SUBJ02").exists()
+    assert annex_key(ds, old_path).startswith(f"MD5E-s{old.size}--{old.md5}")  # re-keyed
+    wanted = {f"{f.subject_id}/{f.session_id}/{f.scan_id}/{f.path}"
+              for f in xnat.iter_files("PUBLIC1")
+              if f.level == "scan" and f.resource in ("DICOM", "NIFTI")}
+    assert wanted <= tracked(ds)
+    assert not any("/resources/" in p or p.endswith(".gif") for p in tracked(ds))
+    assert update(ds, "--reckless", "fast")["added"] == 0

@@ -112,11 +112,29 @@ def read_config(dataset_path: Path, name: str) -> XnatConfig | None:
 
     from .layout import DEFAULT_PATHFMT
 
+    pathfmt = one("pathfmt")
+    collections = [c for c in values.get("collection", []) if c]
+    if pathfmt is None and one("path"):
+        pathfmt, collections = _adopted_from_datalad_xnat(one("path") or "", collections)
     return XnatConfig(name=name, url=one("url") or "", project=one("project") or "",
-                      pathfmt=one("pathfmt") or DEFAULT_PATHFMT,
+                      pathfmt=pathfmt or DEFAULT_PATHFMT,
                       credential=one("credential-name") or "",
                       subject=one("subject") or None, experiment=one("experiment") or None,
-                      collections=[c for c in values.get("collection", []) if c])
+                      collections=collections)
+
+
+def _adopted_from_datalad_xnat(path: str, collections: list[str]) -> tuple[str, list[str]]:
+    """The pathfmt and collections of a dataset made by datalad-xnat 0.2.1.
+
+    It stored its layout as `path`, where `{subject}` and `{session}` were filled with accession
+    IDs, and several collections blank-separated in one value. Read that way, an update keeps
+    its files where they are and puts new ones in the same layout instead of starting a
+    second tree beside it.
+    """
+    pathfmt = path.replace("{subject}", "{subject_id}").replace("{session}", "{session_id}")
+    if not pathfmt.endswith("/"):
+        pathfmt += "/"
+    return pathfmt, [label for value in collections for label in value.split()]
 
 
 def dataset_id(dataset_path: Path) -> str:
