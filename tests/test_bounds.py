@@ -8,7 +8,7 @@ mocked. Memory is judged from a child process's peak RSS, never from time.
 
 from __future__ import annotations
 
-import os
+import json
 import resource
 from pathlib import Path
 
@@ -234,3 +234,18 @@ def test_a_redirected_download_says_so(small_files, recorder, tmp_path):
         assert "redirect" in message and "changed on the server" not in message, message
     assert recorder.url() in str(elsewhere.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_names_with_lone_surrogates_survive_any_chunking():
+    """XNAT escapes names that are not UTF-8 as lone surrogates, which ijson's C parser refuses;
+    the rows must come out as Python's json reads them, however the body is cut into chunks."""
+    from git_annex_remote_xnat.client.resultset import iter_rows
+
+    names = ["a\udcffb", "x\U0001F600", "\\udcff literal", "lone\ud800.txt", "\ud800\udc00",
+             "q\\", "end\udc00\udc01", "\\\\\udcff", "\ud83d", "\ud83d\ud83d\ude00"]
+    body = json.dumps({"ResultSet": {"Result": [{"Name": n, "URI": "/f/" + n}
+                                                for n in names]}}).encode()
+    expected = json.loads(body)["ResultSet"]["Result"]
+    for size in range(1, 40):
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        assert list(iter_rows(chunks, 1 << 20, "http://x")) == expected, size

@@ -27,6 +27,12 @@ DEFAULT_MAX_LISTING_BYTES = 1 << 30
 # longer than this is a body that is not a listing, and the parser would hold it whole.
 MAX_VALUE_BYTES = 1 << 20
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# XNAT escapes a name that is not valid UTF-8 with lone surrogates ("\udcff"), which Python's
+# json reads but ijson's C parser refuses; such an escape is passed to it as MARK and the four
+# hex digits, and turned back into the surrogate in the rows.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+MARK = "\ue000"
+_MARKED = re.compile(MARK + "([0-9a-fA-F]{4})")
 
 
 def max_listing_bytes() -> int:
@@ -70,6 +76,8 @@ class CappedBody:
         self.received = 0
         self.head = b""
         self._since_quote = 0  # bytes since the last '"': a string or number still open
+        self._carry = b""      # the end of the last chunk, held back while it might split an escape
+        self.marked = False    # lone surrogates were marked (see MARK)
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # the parser's probe of what read() returns
@@ -78,6 +86,9 @@ class CappedBody:
             if not chunk:
                 continue
             self.received += len(chunk)
+            chunk = self._hold_back(self._carry + chunk)
+            if not chunk:
+                continue
             if self.received > self._limit:
                 raise too_large("GET", self._url, self._limit)
             if len(self.head) < self.HEAD:
@@ -91,7 +102,43 @@ class CappedBody:
                     "break where an XNAT listing was expected; check that the URL is an XNAT "
                     "server", None, self._url)
             return chunk
-        return b""
+        chunk, self._carry = self._carry, b""
+        return self._mark(chunk) if chunk else b""
+
+    def _hold_back(self, data: bytes) -> bytes:
+        """`data` up to where an escape or a pair of them might be split by the chunk's end
+        (from the start of the run of backslashes in its last 17 bytes), marked; the rest waits
+        for the next chunk."""
+        cut = data.find(b"\\", max(0, len(data) - 17))
+        if cut < 0:
+            self._carry = b""
+            return self._mark(data)
+        if cut >= 6 and _SURROGATE_ESCAPE.fullmatch(data, cut - 6, cut):
+            cut -= 6  # the high half of a pair whose low half is held back
+        while cut > 0 and data[cut - 1] == 0x5C:
+            cut -= 1
+        self._carry = data[cut:]
+        return self._mark(data[:cut])
+
+    def _mark(self, data: bytes) -> bytes:
+        if b"\\u" not in data or not _SURROGATE_ESCAPE.search(data):
+            return data
+        out, pos, paired_until = [], 0, -1
+        for match in _SURROGATE_ESCAPE.finditer(data):
+            start = match.start()
+            slashes = len(data[:start]) - len(data[:start].rstrip(b"\\"))
+            if slashes % 2 or start < paired_until:  # "\\" then text; or a pair's low half
+                continue
+            code = int(match.group()[2:], 16)
+            low = data[match.end():match.end() + 6]
+            if code < 0xDC00 and _SURROGATE_ESCAPE.fullmatch(low) \
+                    and int(low[2:], 16) >= 0xDC00:
+                paired_until = match.end() + 6  # a valid pair: the parser decodes it
+                continue
+            out += [data[pos:start], b"\\ue000", match.group()[2:]]
+            pos = match.end()
+            self.marked = True
+        return b"".join(out) + data[pos:] if out else data
 
 
 def read_capped(chunks: Iterable[bytes], limit: int, url: str) -> bytes:
@@ -115,13 +162,19 @@ def iter_rows(chunks: Iterable[bytes], limit: int, url: str) -> Iterator[dict[st
         for row in ijson.items(body, "ResultSet.Result.item", use_float=True):
             if isinstance(row, dict):
                 rows += 1
-                yield row
+                yield _unmarked(row) if body.marked else row
     except ijson.JSONError as exc:
         raise NotXnatError(f"GET {safe_url(url)} did not answer JSON; check that the URL is an "
                            "XNAT server", None, url) from exc
     if rows == 0 and not _is_listing(body.head):
         raise NotXnatError(f"GET {safe_url(url)} is not an XNAT listing (no ResultSet.Result)",
                            None, url)
+
+
+def _unmarked(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: _MARKED.sub(lambda m: chr(int(m.group(1), 16)), value)
+            if isinstance(value, str) and MARK in value else value
+            for key, value in row.items()}
 
 
 def _is_listing(head: bytes) -> bool:
