@@ -11,7 +11,6 @@ git-annex's branch after the commit, or removed again when the run stops before 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from git_annex_remote_xnat.keys import key_size
+from git_annex_remote_xnat.keys import file_md5, key_size
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import rest_path
 
@@ -56,11 +55,7 @@ def hash_contents(client, base_url: str, items: list, jobs: int | None) -> Itera
                 client.download(rest_path(item.url, base_url), dest, size=item.record.size)
             except XnatError as exc:
                 return item, None, 0, one_line(exc)
-            digest = hashlib.md5()
-            with open(dest, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            return item, digest.hexdigest(), dest.stat().st_size, None
+            return item, file_md5(str(dest)), dest.stat().st_size, None
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs or DEFAULT_JOBS, 8))) as pool:
         yield from pool.map(fetch_and_hash, items)
