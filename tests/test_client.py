@@ -80,12 +80,16 @@ def test_enumeration_covers_every_level_with_few_requests(xnat):
 
 
 def test_enumeration_filters(xnat):
-    records = public1_records(xnat, subject="SUBJ02", resources=["DICOM"])
+    records = public1_records(xnat, subjects=["SUBJ02"], resources=["DICOM"])
     assert records and {(r.subject_id, r.resource) for r in records} == {("XNAT_S00002", "DICOM")}
-    one = public1_records(xnat, experiment="XNAT_E00001", scan_types=False)
+    one = public1_records(xnat, experiments=["XNAT_E00001"], scan_types=False)
     assert {r.session_id for r in one} == {"XNAT_E00001"} and {r.scan_type for r in one} == {""}
     with pytest.raises(NotFoundError):
-        public1_records(xnat, experiment="NOPE")
+        public1_records(xnat, experiments=["NOPE"])
+    both = public1_records(xnat, subjects=["SUBJ01", "XNAT_S00002"], resources=["DICOM"])
+    assert {r.subject_id for r in both} == {"XNAT_S00001", "XNAT_S00002"}
+    with pytest.raises(NotFoundError, match="no subject NOPE$"):
+        public1_records(xnat, subjects=["SUBJ01", "NOPE"])
 
 
 def test_download_verifies_and_reports_progress(xnat, tmp_path):

@@ -196,3 +196,51 @@ def test_a_dataset_made_by_datalad_xnat_0_2_1_is_adopted(xnat, alice, ds):
     assert wanted <= tracked(ds)
     assert not any("/resources/" in p or p.endswith(".gif") for p in tracked(ds))
     assert update(ds, "--reckless", "fast")["added"] == 0
+
+
+def _top_folders(ds: Path) -> set[str]:
+    return {p.split("/", 1)[0] for p in tracked(ds)}
+
+
+def test_several_subjects_or_sessions_are_one_selection(xnat, alice, ds):
+    """-s and -e repeat like -c, on the command line and as a list from Python; the instance
+    owns exactly the selection, and a name the project lacks is named."""
+    from datalad.api import xnat_init, xnat_update
+
+    quiet = dict(result_renderer="disabled", return_type="list", on_failure="ignore")
+    xnat.add_subject("PUBLIC1", "SUBJ03")
+    xnat.add_session("PUBLIC1", "SUBJ03", "SUBJ03_MR1")
+    xnat.add_file("a.dcm", b"third subject", resource="DICOM", session="SUBJ03_MR1", scan="1")
+
+    xnat_init(xnat.url, dataset=str(ds), project="PUBLIC1", subject=["SUBJ01", "XNAT_S00002"],
+              **quiet)
+    stored = run(["git", "config", "-f", str(ds / ".datalad" / "config"), "--get-all",
+                  "datalad.xnat.default.subject"], cwd=ds).stdout.split()
+    assert stored == ["SUBJ01", "XNAT_S00002"]
+    records = xnat_update(dataset=str(ds), reckless="fast", **quiet)
+    assert [r for r in records if r.get("type") == "dataset"][-1]["status"] == "ok", records
+    assert _top_folders(ds) == {"SUBJ01", "SUBJ02"}
+
+    # a narrower selection given to one update owns only its part: nothing else is gone
+    summary = update(ds, "--reckless", "fast", "--remove-gone", "-s", "SUBJ03")
+    assert (summary["added"], summary["gone"]) == (1, 0), summary
+    assert _top_folders(ds) == {"SUBJ01", "SUBJ02", "SUBJ03"}
+    summary = update(ds, "--reckless", "fast", "--remove-gone", "-e", "SUBJ01_MR1",
+                     "-e", "XNAT_E00002")
+    assert (summary["added"], summary["gone"]) == (0, 0), summary
+
+    xnat.delete_session("SUBJ03_MR1", project="PUBLIC1")
+    summary = update(ds, "--reckless", "fast", "--remove-gone", "-s", "SUBJ02", "-s", "SUBJ03")
+    assert (summary["gone"], summary["removed"]) == (1, 1), summary
+    assert _top_folders(ds) == {"SUBJ01", "SUBJ02"}
+
+    failed = [r for r in results("xnat-update", "-s", "SUBJ01", "-s", "NOPE", cwd=ds)
+              if r.get("status") not in ("ok", "notneeded")]
+    assert failed and "NOPE" in failed[0]["message"] and "SUBJ01" not in failed[0]["message"]
+    failed = [r for r in init(ds, xnat.url, "-p", "PUBLIC1", "-f", "-s", "SUBJ01", "-s", "NOPE")
+              if r.get("status") not in ("ok", "notneeded")]
+    assert failed and "subject NOPE" in failed[0]["message"], failed
+
+    listed = [r for r in results("xnat-query-files", xnat.url, "-p", "PUBLIC1", "-s", "SUBJ01",
+                                 "-s", "SUBJ03", cwd=ds) if r.get("type") == "xnat-file"]
+    assert {r["subject_label"] for r in listed} == {"SUBJ01"} and listed

@@ -148,7 +148,7 @@ def test_store_and_remove_are_refused(tmp_path, xnat, monkeypatch):
 def test_testremote_readonly(tmp_path, xnat, monkeypatch):
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
-    table = register(repo, xnat, experiment="XNAT_E00002", resources=["DICOM"], limit=2)
+    table = register(repo, xnat, experiments=["XNAT_E00002"], resources=["DICOM"], limit=2)
     paths = list(table)
     annex(repo, "get", *paths)
     run(["git", "config", "remote.xnat.annex-readonly", "true"], cwd=repo)
@@ -159,7 +159,7 @@ def test_testremote_readonly(tmp_path, xnat, monkeypatch):
 def test_clone_autoenables_and_gets(tmp_path, xnat, monkeypatch):
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
-    table = register(repo, xnat, experiment="XNAT_E00001", resources=["NIFTI", "MAT"])
+    table = register(repo, xnat, experiments=["XNAT_E00001"], resources=["NIFTI", "MAT"])
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)])
     out = annex(clone, "init", "clone")
@@ -173,7 +173,7 @@ def test_clone_autoenables_and_gets(tmp_path, xnat, monkeypatch):
 def test_credential_sources(tmp_path, xnat, monkeypatch):
     """env, git config, the file keyring in $HOME, a per-clone override; then anonymous."""
     repo = make_dataset(tmp_path, xnat, credential="emu")
-    table = register(repo, xnat, experiment="XNAT_E00002", resources=["DICOM"], limit=1)
+    table = register(repo, xnat, experiments=["XNAT_E00002"], resources=["DICOM"], limit=1)
     path = next(iter(table))
 
     def get_and_drop() -> None:
@@ -201,7 +201,7 @@ def test_credential_sources(tmp_path, xnat, monkeypatch):
 def test_anonymous_on_open_site(tmp_path, emulator_factory):
     open_site = emulator_factory(require_login=False)
     repo = make_dataset(tmp_path, open_site, credential="anonymous")
-    table = register(repo, open_site, experiment="XNAT_E00001", resources=["SNAPSHOTS"])
+    table = register(repo, open_site, experiments=["XNAT_E00001"], resources=["SNAPSHOTS"])
     annex(repo, "get", ".")
     assert_content(repo, table)
 
@@ -238,7 +238,7 @@ def test_expiring_sessions_and_5xx_bursts(tmp_path, xnat, monkeypatch):
 def test_broken_bodies_never_enter_the_annex(tmp_path, xnat, monkeypatch, fault):
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
-    table = register(repo, xnat, experiment="XNAT_E00001", resources=["DICOM"], limit=1)
+    table = register(repo, xnat, experiments=["XNAT_E00001"], resources=["DICOM"], limit=1)
     setattr(xnat.faults, fault, True)
     out = annex(repo, "get", ".", check=False)
     assert out.returncode != 0 and "nothing was kept" in out.stderr
@@ -252,7 +252,7 @@ def test_login_page_is_never_content(tmp_path, emulator_factory, monkeypatch):
     closed = emulator_factory(require_login=True)
     closed.faults.login_page_instead_of_401 = True
     repo = make_dataset(tmp_path, closed, credential="anonymous")
-    register(repo, closed, experiment="XNAT_E00001", resources=["DICOM"], limit=2)
+    register(repo, closed, experiments=["XNAT_E00001"], resources=["DICOM"], limit=2)
     out = annex(repo, "get", ".", check=False)
     assert out.returncode != 0 and "HTML" in out.stderr
     assert_no_content(repo)
@@ -276,7 +276,7 @@ def test_addurl_uses_checkurl(tmp_path, xnat, monkeypatch):
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
     with XnatClient(xnat.url, Credential("emu", "alice", PASSWORD)) as client:
-        records = [r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00001",
+        records = [r for r in client.iter_files("PUBLIC1", experiments=["XNAT_E00001"],
                                                 resources=["MAT"])]
     no_digest = next(r for r in records if r.md5 is None)
     awkward = next(r for r in records if " " in r.path)
@@ -334,9 +334,9 @@ def test_two_servers_in_one_dataset(tmp_path, xnat, emulator_factory, monkeypatc
     repo = make_dataset(tmp_path, xnat)
     annex(repo, "initremote", "xnat2", "type=external", "externaltype=xnat", f"url={other.url}",
           "credential=anonymous", "encryption=none")
-    first = register(repo, xnat, experiment="XNAT_E00001", resources=["NIFTI"])
+    first = register(repo, xnat, experiments=["XNAT_E00001"], resources=["NIFTI"])
     with XnatClient(other.url) as client:
-        records = [r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00002",
+        records = [r for r in client.iter_files("PUBLIC1", experiments=["XNAT_E00002"],
                                                 resources=["NIFTI"]) if r.md5]
     keys = [(md5e_key(r.size, r.md5, r.path), "second/" + work_path(r), file_url(other.url, r))
             for r in records]
@@ -354,7 +354,7 @@ def test_two_servers_in_one_dataset(tmp_path, xnat, emulator_factory, monkeypatc
 
 def test_local_errors_fail_the_key_not_the_process(xnat, tmp_path):
     with XnatClient(xnat.url, Credential("emu", "alice", PASSWORD)) as client:
-        record = next(r for r in client.iter_files("PUBLIC1", experiment="XNAT_E00001") if r.md5)
+        record = next(r for r in client.iter_files("PUBLIC1", experiments=["XNAT_E00001"]) if r.md5)
     key = md5e_key(record.size, record.md5, record.path)
     user_var, password_var = env_var_names("emu")
     env = dict(os.environ, **{user_var: "alice", password_var: PASSWORD})
@@ -373,7 +373,7 @@ def test_checkpresent_is_three_valued(tmp_path, xnat, monkeypatch):
     """present on proof, absent on 404, unknown otherwise (checkpresentkey exits 0, 1, 100)."""
     set_env_credential(monkeypatch)
     repo = make_dataset(tmp_path, xnat)
-    table = register(repo, xnat, experiment="XNAT_E00002", resources=["DICOM"], limit=3)
+    table = register(repo, xnat, experiments=["XNAT_E00002"], resources=["DICOM"], limit=3)
     (kept, kept_rec), (gone, gone_rec), (changed, changed_rec) = table.items()
 
     def checkpresent(record) -> subprocess.CompletedProcess:

@@ -39,12 +39,12 @@ def filter_params(for_update: bool = False) -> dict[str, Parameter]:
             doc="XNAT project ID." + override,
             constraints=EnsureStr() | EnsureNone()),
         subject=Parameter(
-            args=("-s", "--subject"), metavar="SUBJECT",
-            doc="only this subject (ID or label)." + override,
+            args=("-s", "--subject"), metavar="SUBJECT", action="append",
+            doc="only this subject (ID or label); repeat for several." + override,
             constraints=EnsureStr() | EnsureNone()),
         experiment=Parameter(
-            args=("-e", "--experiment"), metavar="EXPERIMENT",
-            doc="only this experiment/session (ID or label)." + override,
+            args=("-e", "--experiment"), metavar="EXPERIMENT", action="append",
+            doc="only this experiment/session (ID or label); repeat for several." + override,
             constraints=EnsureStr() | EnsureNone()),
         collection=Parameter(
             args=("-c", "--collection"), metavar="LABEL", action="append",

@@ -61,8 +61,8 @@ class XnatConfig:
     project: str
     pathfmt: str
     credential: str
-    subject: str | None = None
-    experiment: str | None = None
+    subjects: list[str] = field(default_factory=list)
+    experiments: list[str] = field(default_factory=list)
     collections: list[str] = field(default_factory=list)
 
     @property
@@ -70,12 +70,10 @@ class XnatConfig:
         return remote_name(self.name)
 
     def as_items(self) -> list[tuple[str, str]]:
-        """(key, value) pairs in file order; `collection` repeats."""
+        """(key, value) pairs in file order; `subject`, `experiment` and `collection` repeat."""
         items = [("url", self.url), ("project", self.project)]
-        if self.subject:
-            items.append(("subject", self.subject))
-        if self.experiment:
-            items.append(("experiment", self.experiment))
+        items += [("subject", s) for s in self.subjects]
+        items += [("experiment", e) for e in self.experiments]
         items += [("collection", c) for c in self.collections]
         items += [("pathfmt", self.pathfmt), ("credential-name", self.credential),
                   ("remote", self.remote)]
@@ -113,13 +111,16 @@ def read_config(dataset_path: Path, name: str) -> XnatConfig | None:
     from .layout import DEFAULT_PATHFMT
 
     pathfmt = one("pathfmt")
-    collections = [c for c in values.get("collection", []) if c]
+    def every(key: str) -> list[str]:
+        return [value for value in values.get(key, []) if value]
+
+    collections = every("collection")
     if pathfmt is None and one("path"):
         pathfmt, collections = _adopted_from_datalad_xnat(one("path") or "", collections)
     return XnatConfig(name=name, url=one("url") or "", project=one("project") or "",
                       pathfmt=pathfmt or DEFAULT_PATHFMT,
                       credential=one("credential-name") or "",
-                      subject=one("subject") or None, experiment=one("experiment") or None,
+                      subjects=every("subject"), experiments=every("experiment"),
                       collections=collections)
 
 

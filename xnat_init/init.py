@@ -115,6 +115,8 @@ class XnatInit(Interface):
         ds = require_dataset(dataset, check_installed=True, purpose="initialise XNAT tracking")
         name = name or DEFAULT_NAME
         pathfmt = pathfmt or DEFAULT_PATHFMT
+        subjects, experiments = ensure_list(subject), ensure_list(experiment)
+        collections = ensure_list(collection)
 
         def failure(message, status="error", **kwargs):
             return get_status_dict(action=ACTION, ds=ds, status=status, message=message,
@@ -136,8 +138,8 @@ class XnatInit(Interface):
         if existing and not force:
             asked = XnatConfig(name=name, url=base_url, project=project or existing.project,
                                pathfmt=pathfmt, credential=credential or existing.credential,
-                               subject=subject, experiment=experiment,
-                               collections=ensure_list(collection))
+                               subjects=subjects, experiments=experiments,
+                               collections=collections)
             changed = changed_settings(existing, asked)
             another = "" if name != DEFAULT_NAME else ", or --name NAME to track another one"
             if changed:
@@ -214,9 +216,7 @@ class XnatInit(Interface):
                     return
             try:
                 client.project(project)
-                subjects = client.subjects(project)  # PermissionDeniedError: data not readable
-                missing = _missing_filter(client, base_url, project, subjects, subject,
-                                          experiment)
+                missing = _missing_filter(client, base_url, project, subjects, experiments)
             except PermissionDeniedError as exc:
                 yield failure(f"project {project} exists but its data is not readable with "
                               f"credential '{credential_name}': {one_line(exc)}")
@@ -241,8 +241,8 @@ class XnatInit(Interface):
                                       message=f"credential not stored: {exc}")
 
         config = XnatConfig(name=name, url=base_url, project=project, pathfmt=pathfmt,
-                            credential=credential_name, subject=subject, experiment=experiment,
-                            collections=ensure_list(collection))
+                            credential=credential_name, subjects=subjects,
+                            experiments=experiments, collections=collections)
         try:
             configure_dataset(ds.pathobj, config, reinit=existing is not None)
         except (ConfigError, subprocess.CalledProcessError, RuntimeError) as exc:
@@ -279,31 +279,41 @@ def changed_settings(existing: XnatConfig, asked: XnatConfig) -> list[str]:
         return f"'{value}'" if value else "none"
 
     changed = []
-    for label, key in (("url", "url"), ("project", "project"), ("subject", "subject"),
-                       ("experiment", "experiment"), ("collection", "collections"),
+    for label, key in (("url", "url"), ("project", "project"), ("subject", "subjects"),
+                       ("experiment", "experiments"), ("collection", "collections"),
                        ("pathfmt", "pathfmt"), ("credential", "credential")):
         old, new = getattr(existing, key), getattr(asked, key)
-        if key == "collections":
+        if isinstance(old, list):
             old, new = sorted(old), sorted(new)
         if (old or None) != (new or None):
             changed.append(f"{label} {shown(old)} (this call: {shown(new)})")
     return changed
 
 
-def _missing_filter(client, base_url: str, project: str, subjects: list, subject: str | None,
-                    experiment: str | None) -> str:
+def _missing_filter(client, base_url: str, project: str, subjects: list[str],
+                    experiments: list[str]) -> str:
     """What of -s/-e the readable `project` lacks, as the message to give ('' when nothing).
 
     Kept apart from the project's own check: "no readable project" about a project that is
-    readable sends the user to ask for access instead of fixing a label.
+    readable sends the user to ask for access instead of fixing a label. Lists the subject
+    listing even without -s: a project whose data is not readable raises PermissionDeniedError.
     """
-    if subject and not any(subject in (s.id, s.label) for s in subjects):
-        return (f"project {project} has no subject {subject} (ID or label); "
+    from git_annex_remote_xnat.client.listings import unknown_names
+
+    listed = client.subjects(project)
+    chosen = {s.id for s in listed if s.id in subjects or s.label in subjects}
+    missing = ", ".join(unknown_names(subjects, [(s.id, s.label) for s in listed]))
+    if missing:
+        return (f"project {project} has no subject {missing} (ID or label); "
                 f"`datalad xnat-query-files {base_url} -p {project}` lists its subjects")
-    if experiment and not any(experiment in (e.id, e.label)
-                              for e in client.experiments(project, subject)):
-        return (f"project {project} has no experiment {experiment} (ID or label)"
-                + (f" for subject {subject}" if subject else "")
+    if not experiments:
+        return ""
+    missing = ", ".join(unknown_names(experiments, [(e.id, e.label)
+                                                    for e in client.experiments(project)
+                                                    if not subjects or e.subject_id in chosen]))
+    if missing:
+        return (f"project {project} has no experiment {missing} (ID or label)"
+                + (f" for subject {', '.join(subjects)}" if subjects else "")
                 + f"; `datalad xnat-query-files {base_url} -p {project} -s SUBJECT` lists a "
                 "subject's files with their experiments")
     return ""

@@ -88,7 +88,8 @@ class XnatQueryFiles(Interface):
                                               message=f"{s.id} {s.label}")
                     return
                 walk = Walk()
-                for record in client.iter_files(project, subject=subject, experiment=experiment,
+                for record in client.iter_files(project, subjects=ensure_list(subject),
+                                                experiments=ensure_list(experiment),
                                                 resources=ensure_list(collection) or None,
                                                 jobs=4, walk=walk):
                     xnat_url = file_url(base_url, record)

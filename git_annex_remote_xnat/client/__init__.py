@@ -117,13 +117,13 @@ class XnatClient:
         """Files of a resource or of all resources of a level (`.../files` is appended if missing)."""
         return listings.files(self.session, rest_path)
 
-    def iter_files(self, project: str, subject: str | None = None, experiment: str | None = None,
-                   resources: Iterable[str] | None = None, jobs: int = 8,
-                   scan_types: bool = True, levels: Iterable[str] = LEVELS,
+    def iter_files(self, project: str, subjects: Iterable[str] = (),
+                   experiments: Iterable[str] = (), resources: Iterable[str] | None = None,
+                   jobs: int = 8, scan_types: bool = True, levels: Iterable[str] = LEVELS,
                    walk: Walk | None = None) -> Iterator[FileRecord]:
         """Every file of a project as FileRecords, in a deterministic order, with few requests
         (see `Enumeration.iter_files`); `walk` is told the subjects and sessions walked."""
-        return self._enumeration.iter_files(project, subject, experiment, resources, jobs,
+        return self._enumeration.iter_files(project, subjects, experiments, resources, jobs,
                                             scan_types, levels, walk)
 
     # ---------------------------------------------------------------- files

@@ -56,8 +56,8 @@ class Enumeration:
         self._resource_labels: dict[str, str] = {}
         self._comma_support: dict[str, bool] = {}  # "prefix*suffix" -> server takes "ID1,ID2"
 
-    def iter_files(self, project: str, subject: str | None = None,
-                   experiment: str | None = None, resources: Iterable[str] | None = None,
+    def iter_files(self, project: str, subjects: Iterable[str] = (),
+                   experiments: Iterable[str] = (), resources: Iterable[str] | None = None,
                    jobs: int = 8, scan_types: bool = True,
                    levels: Iterable[str] = LEVELS, walk: Walk | None = None) -> Iterator[FileRecord]:
         """Every file of a project as FileRecords, in a deterministic order, with few requests.
@@ -69,26 +69,31 @@ class Enumeration:
         one project `files` listing; subject resources per ID_BATCH subjects, or per subject
         when the server refuses comma lists there. A server that refuses a comma list gets one
         request per ID instead. `jobs` requests run at a time; memory stays bounded.
-        `subject` and `experiment` match an ID or a label; `resources` keeps only those labels;
+        `subjects` and `experiments`, when given, keep those (each an ID or a label; any one
+        the project lacks raises NotFoundError naming it); `resources` keeps only those labels;
         `levels` limits which of LEVELS are listed; `walk`,
         when given, is told the subjects and sessions walked.
         """
         session = self._session
-        wanted = set(resources) if resources else None
+        wanted = set(_names(resources)) if resources else None
         levels = set(levels)
         quoted_project = quote(project, safe="")
+        subject_names, experiment_names = _names(subjects), _names(experiments)
+        subject_filter = bool(subject_names)
         subjects = {s.id: s for s in listings.subjects(session, project)}
-        if subject:
-            subjects = {sid: s for sid, s in subjects.items() if subject in (sid, s.label)}
-            if not subjects:
-                raise NotFoundError(f"project {project} has no subject {subject}")
+        if subject_filter:
+            subjects = {sid: s for sid, s in subjects.items()
+                        if sid in subject_names or s.label in subject_names}
+            _require_all(subject_names, [(sid, s.label) for sid, s in subjects.items()],
+                         f"project {project} has no subject")
         sessions = [e for e in self._unique_experiments(project)
-                    if e.subject_id in subjects or (not e.subject_id and not subject)]
-        if experiment:
-            sessions = [e for e in sessions if experiment in (e.id, e.label)]
-            if not sessions:
-                raise NotFoundError(f"project {project} has no experiment {experiment}"
-                                    + (f" for subject {subject}" if subject else ""))
+                    if e.subject_id in subjects or (not e.subject_id and not subject_filter)]
+        if experiment_names:
+            sessions = [e for e in sessions
+                        if e.id in experiment_names or e.label in experiment_names]
+            _require_all(experiment_names, [(e.id, e.label) for e in sessions],
+                         f"project {project} has no experiment",
+                         f" for subject {', '.join(subject_names)}" if subject_filter else "")
 
         if walk is not None:
             walk.subjects.update(subjects)
@@ -102,14 +107,14 @@ class Enumeration:
                     yield record
 
         tasks: list[Callable[[], Iterable[FileRecord]]] = []
-        if "project" in levels and not subject and not experiment:
+        if "project" in levels and not subject_filter and not experiment_names:
             def project_task() -> Iterable[FileRecord]:
                 return keep([FileRecord(project, "", "", "", "", "", "", "project",
                                         *self._record_tail(f))
                              for f in self._level_files(f"/data/projects/{quoted_project}")])
             tasks.append(project_task)
 
-        if "subject" in levels and not experiment:
+        if "subject" in levels and not experiment_names:
             subject_prefix = f"/data/projects/{quoted_project}/subjects/"
             aliases = {s.label: sid for sid, s in subjects.items()}
 
@@ -334,3 +339,19 @@ def _ordered_map(func: Callable[[Any], Any], items: list[Any], jobs: int) -> Ite
                 pending.append(pool.submit(func, item))
                 break
             yield result
+
+
+def _names(value: Iterable[str] | None) -> list[str]:
+    """A filter's names; one string is one name, not its letters."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _require_all(names: list[str], found: list[tuple[str, str]], what: str,
+                 where: str = "") -> None:
+    """NotFoundError naming each of `names` that none of `found` has: a mistyped one among
+    several would otherwise narrow the selection without a word."""
+    missing = listings.unknown_names(names, found)
+    if missing:
+        raise NotFoundError(f"{what} {', '.join(missing)}{where}")

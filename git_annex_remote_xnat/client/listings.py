@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 from urllib.parse import quote, unquote
 
 from .errors import NotXnatError
@@ -222,3 +222,9 @@ def files(session: Session, rest_path: str) -> list[RemoteFile]:
     if not rest_path.endswith("/files"):
         rest_path += "/files"
     return [RemoteFile.from_row(row) for row in session.iter_rows(rest_path)]
+
+
+def unknown_names(names: Iterable[str], known: Iterable[tuple[str, str]]) -> list[str]:
+    """The `names` that are neither the ID nor the label of any (ID, label) pair in `known`."""
+    seen = {name for pair in known for name in pair}
+    return [name for name in names if name not in seen]

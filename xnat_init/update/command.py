@@ -130,8 +130,9 @@ class XnatUpdate(Interface):
                                           "set it again with `datalad xnat-init -f URL`")
             return
         options = UpdateOptions(
-            project=project or config.project, subject=subject or config.subject,
-            experiment=experiment or config.experiment,
+            project=project or config.project,
+            subjects=ensure_list(subject) or list(config.subjects),
+            experiments=ensure_list(experiment) or list(config.experiments),
             collections=ensure_list(collection) or list(config.collections),
             credential=credential or config.credential, force=force,
             fast=reckless == "fast", ifexists=ifexists or "overwrite",
@@ -143,8 +144,8 @@ class XnatUpdate(Interface):
 @dataclass
 class UpdateOptions:
     project: str
-    subject: str | None
-    experiment: str | None
+    subjects: list[str]
+    experiments: list[str]
     collections: list[str]
     credential: str
     force: bool
@@ -287,7 +288,7 @@ class Update:
 
     def planner(self, hierarchy: Hierarchy, fmt: PathFormat, fetcher: Fetcher | None) -> Planner:
         options = self.options
-        scope = Scope(self.config.url, options.project, options.subject, options.experiment,
+        scope = Scope(self.config.url, options.project, options.subjects, options.experiments,
                       options.collections, Walk())
         plan_options = PlanOptions(force=options.force, skip_changed=options.ifexists == "skip",
                                    fetch=not options.fast, remove_gone=options.remove_gone)
@@ -302,8 +303,8 @@ class Update:
                      label="Listing XNAT", unit=" files")
         seen = 0
         try:
-            for record in client.iter_files(options.project, subject=options.subject,
-                                            experiment=options.experiment,
+            for record in client.iter_files(options.project, subjects=options.subjects,
+                                            experiments=options.experiments,
                                             resources=options.collections or None,
                                             jobs=options.jobs or 8, walk=planner.scope.walk):
                 seen += 1

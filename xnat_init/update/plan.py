@@ -126,16 +126,16 @@ class Plan:
 
 class Scope:
     """Which registered xnat: URLs this update is responsible for: those of its server in its
-    project and in its subject, experiment and collections where given. `walk` holds the
+    project and in its subjects, experiments and collections where given. `walk` holds the
     accession IDs of the subjects and sessions the listing walked (filled by the client's
     enumeration): the selected ones, also when a filter named them by label."""
 
-    def __init__(self, base_url: str, project: str, subject: str | None,
-                 experiment: str | None, collections: list[str], walk: Walk) -> None:
+    def __init__(self, base_url: str, project: str, subjects: list[str],
+                 experiments: list[str], collections: list[str], walk: Walk) -> None:
         self.base_url = base_url
         self.project = project
-        self.subject = subject
-        self.experiment = experiment
+        self.subjects = subjects
+        self.experiments = experiments
         self.collections = collections
         self.walk = walk
 
@@ -152,12 +152,12 @@ class Scope:
         if location.project != self.project:
             return None
         if location.level == "project":
-            return None if self.subject or self.experiment else location
-        if self.subject and location.subject_id not in self.walk.subjects:
+            return None if self.subjects or self.experiments else location
+        if self.subjects and location.subject_id not in self.walk.subjects:
             return None
         if location.level == "subject":
-            return None if self.experiment else location
-        if self.experiment and location.session_id not in self.walk.sessions:
+            return None if self.experiments else location
+        if self.experiments and location.session_id not in self.walk.sessions:
             return None
         return location
 
