@@ -106,6 +106,29 @@ def test_an_endless_body_stops_too(small_files, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_error_page_that_never_ends_does_not_hold_up_its_retry(small_files, tmp_path):
+    """A retried 500 whose page never ends: urllib3 reads an answer it retries to its end to
+    reuse the connection, so the retry (and the run) waited for ever. At most a page is read."""
+    with XnatClient(small_files.url, ALICE, backoff_factor=0.01) as client:
+        record = next(iter(client.iter_files("BENCH")))
+        path = urls.rest_path(urls.file_url(client.base_url, record), client.base_url)
+        small_files.faults.fail_every_nth_download = 1
+        small_files.faults.endless_errors = 64 * MIB  # finite, so that an unbounded client ends
+        small_files.counters.reset()
+        with pytest.raises(XnatError, match="500") as info:
+            client.download(path, tmp_path / "f", size=64, md5=record.md5)
+        one_line_without_traceback(str(info.value))
+        # every attempt was answered by a 64 MiB page; each was left soon (what the server
+        # wrote ahead into socket buffers counts too), so all of them sent less than one page
+        assert small_files.counters.by_route, "no request reached the server"
+        attempts = sum(n for route, n in small_files.counters.by_route.items()
+                       if "{path}" in str(route))
+        assert attempts > 1, small_files.counters.by_route
+        assert small_files.counters.bytes_sent < 64 * MIB, small_files.counters.bytes_sent
+        small_files.faults.clear()
+        assert client.download(path, tmp_path / "f", size=64, md5=record.md5) == 64
+
+
 # --------------------------------------------------- 2: listings and login answers have a cap
 
 

@@ -32,6 +32,9 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
   JSON and rows that never end (or end, unfinished, after that many bytes).
 * `endless_login` (bool or int bytes): `POST /data/JSESSION` answers its session id followed by
   a body that never ends (or that many bytes).
+* `endless_errors` (bool or int bytes): every 5xx answer (of `error_rate`,
+  `fail_every_nth_download` or the emulator itself) is an HTML status page that never ends (or
+  ends after that many bytes), sent chunked: a proxy's error page gone wrong.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ DEFAULTS = {
     "wrong_content_length": 0,
     "endless_listings": False,
     "endless_login": False,
+    "endless_errors": False,
 }
 
 

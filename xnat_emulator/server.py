@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from .app import App
+from .faults import Endless
 from .paths import route
 from .wire import Request, Response, error_response
 
@@ -90,6 +91,9 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug in the emulator: answer 500, keep serving
             traceback.print_exc()
             resp = error_response(500)
+        if resp.status >= 500 and app.faults.endless_errors:
+            resp = Response(resp.status, b"", resp.ctype, resp.headers, stream=Endless(
+                resp.body, b"<p>Internal error</p>\n", app.faults.endless_errors))
         app.counters.record(f"{self.command} {template}", resp.status)
         try:
             self._write(req, resp)

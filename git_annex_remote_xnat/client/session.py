@@ -63,12 +63,53 @@ CLOSE_TIMEOUT = (5.0, 10.0)  # ending the server session must not hold up an exi
 UNREACHABLE_AFTER = 3  # requests in a row without an HTTP answer before the server is given up
 LISTING_CHUNK = 1 << 16
 MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whatever follows
+DRAIN_BYTES = 1 << 20  # what is read of an answer about to be retried, so its connection stays
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
 
 
 class BodyBrokeOff(Exception):
     """The connection failed while a body was being read (its str() names the failure)."""
+
+
+class _BoundedResponse(urllib3.HTTPResponse):
+    """urllib3's response, whose `drain_conn` gives up on a long body instead of reading it all.
+
+    urllib3 drains an answer it is about to retry (a 500, say) so that the connection can be
+    reused; an error page that never ends would hold that retry, and the run, for ever.
+    """
+
+    def drain_conn(self) -> None:
+        try:
+            left = DRAIN_BYTES
+            while left > 0:
+                chunk = self.read(min(left, LISTING_CHUNK), decode_content=False)
+                if not chunk:
+                    return
+                left -= len(chunk)
+            self.shutdown()  # the rest is not worth reading: this connection is not reused
+        except (_TransportError, OSError):
+            pass
+        finally:
+            self.release_conn()
+
+
+def _with_bounded_drains(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+    """`manager`, its connections (whatever their kind: plain, TLS, SOCKS) answering with
+    `_BoundedResponse`. urllib3 2 builds the response in the connection, so that is where the
+    class is chosen; `_BoundedResponse` adds no state, only the bounded drain."""
+    def bounded(pool_cls: type) -> type:
+        def getresponse(self):  # type: ignore[no-untyped-def]
+            response = super(connection_cls, self).getresponse()
+            response.__class__ = _BoundedResponse
+            return response
+        connection_cls = type(pool_cls.ConnectionCls.__name__, (pool_cls.ConnectionCls,),
+                              {"getresponse": getresponse})
+        return type(pool_cls.__name__, (pool_cls,), {"ConnectionCls": connection_cls})
+
+    manager.pool_classes_by_scheme = {scheme: bounded(cls) for scheme, cls
+                                      in manager.pool_classes_by_scheme.items()}
+    return manager
 
 
 class _Retry(Retry):
@@ -154,18 +195,19 @@ def _pool_manager(base_url: str, pool_size: int) -> urllib3.PoolManager:
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
-        return urllib3.PoolManager(**pools)
+        return _with_bounded_drains(urllib3.PoolManager(**pools))
     if "://" not in proxy:
         proxy = "http://" + proxy
     proxy_parts = urlsplit(proxy)
     if proxy_parts.scheme.startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as with requests
-        return SOCKSProxyManager(proxy, **pools)
+        return _with_bounded_drains(SOCKSProxyManager(proxy, **pools))
     headers = None
     if proxy_parts.username is not None:
         user = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
         headers = urllib3.util.make_headers(proxy_basic_auth=user)
-    return urllib3.ProxyManager(safe_url(proxy), proxy_headers=headers, **pools)
+    return _with_bounded_drains(
+        urllib3.ProxyManager(safe_url(proxy), proxy_headers=headers, **pools))
 
 
 def _timeout(seconds: tuple[float, float]) -> urllib3.Timeout:
