@@ -27,7 +27,7 @@ from annexremote import Master, ProtocolError, RemoteError, SpecialRemote
 from . import __version__
 from .annexversion import GitAnnexVersionError, check_git_annex_version
 from .keys import file_md5, is_vurl_key, parse_key
-from .messages import one_line
+from .messages import error_text, one_line
 from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
 from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
 
@@ -66,7 +66,7 @@ def guarded(handler: Handler) -> Handler:
         except (RemoteError, ProtocolError):
             raise
         except OSError as exc:
-            raise fail(f"local file error: {exc}") from exc
+            raise fail(f"local file error: {error_text(exc)}") from exc
         except Exception as exc:  # noqa: BLE001
             raise fail(f"unexpected {exc.__class__.__name__}: {exc} (please report this bug)") from exc
     return wrapper  # type: ignore[return-value]

@@ -259,6 +259,32 @@ def test_a_redirected_download_says_so(small_files, recorder, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_system_failure_while_placing_is_named_in_words(small_files, alice_env,
+                                                               tmp_path):
+    """Content that cannot be placed in the annex (here a file stands where its object folder
+    belongs) fails that file with the system's words and the path, not Python's "[Errno N]"."""
+    from git_annex_remote_xnat.keys import md5e_key, object_relpath
+
+    with XnatClient(small_files.url, ALICE) as client:
+        record = next(iter(client.iter_files("BENCH")))
+    key = md5e_key(record.size, record.md5, record.path)
+    ds = tmp_path / "ds"
+    datalad("create", str(ds))
+    init(ds, small_files.url, "-p", "BENCH")
+    blocker = ds / Path(object_relpath(key)).parent.parent.parent  # .git/annex/objects/Xy/Zw
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    records = results("xnat-update", cwd=ds)
+    failures = [r for r in records if r["status"] == "error" and "added" not in r]
+    assert failures, records
+    for failure in failures:
+        one_line_without_traceback(failure["message"])
+        assert "Not a directory" in failure["message"] and str(blocker) in failure["message"]
+    blocker.unlink()
+    assert update(ds)["fetched"] == 1
+    run(["git", "annex", "fsck", "--quiet"], cwd=ds)
+
+
 def test_names_with_lone_surrogates_survive_any_chunking():
     """XNAT escapes names that are not UTF-8 as lone surrogates, which ijson's C parser refuses;
     the rows must come out as Python's json reads them, however the body is cut into chunks."""

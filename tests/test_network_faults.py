@@ -239,15 +239,17 @@ def test_a_bad_timeout_setting_is_one_clear_line(xnat, monkeypatch):
     assert TIMEOUT_ENV in records[0]["message"] and "e.g. 30" in records[0]["message"]
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])  # downloads in threads, in helper processes
 def test_update_against_a_server_gone_silent_ends_with_one_error(
-        emulator_factory, monkeypatch, tmp_path, short_timeouts):
+        processes, emulator_factory, monkeypatch, tmp_path, short_timeouts):
     emu = emulator_factory(preset="files", files=24, file_size=512, require_login=True)
     closed_site_user(monkeypatch)
     ds = tmp_path / "ds"
     datalad("create", str(ds))
     init(ds, emu.url, "-p", "BENCH")
+    run(["git", "config", "datalad.xnat.fetch-processes", processes], cwd=ds)
     emu.faults.silent = "downloads"
-    records = results("xnat-update", "-J", "2", cwd=ds)
+    records = results("xnat-update", "-J", "4", cwd=ds)
     emu.faults.silent = False
     errors = [r for r in records if r["status"] == "error" and "added" not in r]
     assert len(errors) == 1, [r.get("message") for r in errors]

@@ -365,7 +365,7 @@ class Update:
             yield self.result("error", str(exc))
         finally:
             log_progress(lgr.info, pid, "Downloaded %d files", done)
-        given_up = fetcher.client.given_up
+        given_up = fetcher.given_up
         if failures and given_up is not None:
             yield self.result("error", f"{given_up}; {len(failures)} files were not fetched "
                               "(they are registered: run xnat-update again once it answers)")

@@ -96,6 +96,8 @@ class Fetcher:
                     yield "", self._placer(top, count), stream.items(self._top_spooled)
             for relpath, change_set in stream.later():
                 view = change_set.view
+                if self.given_up is not None:
+                    return  # fetch() answers the rest without trying
                 if direct_fetch_refusal(view.path, view.settings) is None:
                     yield relpath, self._placer(view, change_set.entries.wanted), \
                         change_set.entries.wanted_entries()
@@ -153,8 +155,11 @@ class Fetcher:
             view = change_set.view
             if not change_set.entries.wanted or not view.exists or relpath in early.covered:
                 continue
-            refusal = direct_fetch_refusal(view.path, view.settings)
-            if refusal is None:
+            given_up = self.given_up
+            if given_up is not None:
+                for entry in change_set.entries.wanted_entries():
+                    yield Outcome(relpath, entry.path, 0, given_up)
+            elif (refusal := direct_fetch_refusal(view.path, view.settings)) is None:
                 placer = self._placer(view, change_set.entries.wanted)
                 for fetched in placer.fetch_all(change_set.entries.wanted_entries()):
                     yield Outcome(relpath, fetched.wanted.path, fetched.size, fetched.error)
@@ -162,6 +167,15 @@ class Fetcher:
                 lgr.debug("fetching with git annex get in %s: %s", view.path, refusal)
                 yield from self._fetch_with_annex(change_set)
         self._end_markers()
+
+    @property
+    def given_up(self) -> str | None:
+        """Why the server is not tried any more in this run (it stopped answering), seen by
+        this process's client or by a helper process's; None while it answers."""
+        if self.client.given_up is not None:
+            return str(self.client.given_up)
+        return next((placer.given_up for placer in self._placers
+                     if isinstance(placer, ProcessPlacer) and placer.given_up), None)
 
     def _placer(self, view: DatasetView, count: int) -> AnnexPlacer | ProcessPlacer:
         """Downloads of `count` (or more) files into one dataset: in helper processes when

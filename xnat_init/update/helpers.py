@@ -9,7 +9,9 @@ A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from st
 credential, repository and thread count. The secret travels through the pipe, never through
 the command line or the environment. Then it reads one wanted file per line (`key TAB url`),
 downloads and places each with placement.AnnexPlacer, and answers one line per file:
-`key TAB size TAB present TAB error`. At end of input it finishes what it received and exits.
+`key TAB size TAB present TAB error TAB unreachable` (unreachable "1": the helper's client gave
+the server up, so the parent stops sending files to any helper). At end of input it finishes what
+it received and exits.
 The parent (ProcessPlacer) records what was placed on git-annex's branch, as AnnexPlacer does.
 """
 
@@ -95,6 +97,8 @@ class ProcessPlacer:
         }
         # record and discard are AnnexPlacer's, on the keys the helpers placed
         self._recorder = AnnexPlacer(repo, lambda *args: None, 1, uuid, journal)
+        # a helper's client gave the server up (it stopped answering): the rest is not tried
+        self.given_up: str | None = None
 
     @property
     def marker(self) -> Path | None:
@@ -131,6 +135,11 @@ class ProcessPlacer:
                         break
                     if item.key in waiting or object_path(self.repo, item.key).exists():
                         continue
+                    if self.given_up is not None:
+                        with lock:
+                            waiting[item.key] = item
+                        answers.put((item.key, 0, False, self.given_up, False))
+                        continue
                     while not slots.acquire(timeout=0.2):
                         if stop.is_set() or halt.is_set() or \
                                 all(h.proc.poll() is not None for h in helpers):
@@ -152,17 +161,17 @@ class ProcessPlacer:
         def read(helper: _Helper) -> None:
             assert helper.proc.stdout
             for line in helper.proc.stdout:
-                key, size, present, error = line.rstrip("\n").split("\t", 3)
+                key, size, present, error, unreachable = line.rstrip("\n").split("\t", 4)
                 with lock:
                     helper.outstanding.discard(key)
                 slots.release()
-                answers.put((key, int(size), present == "1", error or None))
+                answers.put((key, int(size), present == "1", error or None, unreachable == "1"))
             helper.proc.wait()
             with lock:
                 lost, helper.outstanding = helper.outstanding, set()
             for key in lost:
                 answers.put((key, 0, False, f"the download helper process ended with status "
-                                            f"{helper.proc.returncode} before it was done"))
+                                            f"{helper.proc.returncode} before it was done", False))
             answers.put(None)
 
         threads = [threading.Thread(target=feed, daemon=True, name="xnat-fetch-feed")]
@@ -179,8 +188,11 @@ class ProcessPlacer:
                     continue
                 if isinstance(answer, BaseException):
                     raise answer
-                key, size, present, error = answer
-                item = waiting.pop(key)
+                key, size, present, error, unreachable = answer
+                if unreachable and self.given_up is None:
+                    self.given_up = error
+                with lock:
+                    item = waiting.pop(key)
                 if present:
                     continue
                 if error is None:
@@ -237,8 +249,11 @@ def main() -> int:
         client.download(rest_path(url, base_url), dest, size=size, md5=md5)
 
     def answer(key: str, size: int, present: bool, error: str | None) -> None:
+        unreachable = int(error is not None and client.given_up is not None)
+        if unreachable:
+            error = str(client.given_up)  # the one line the parent reports for all files
         with out_lock:
-            sys.stdout.write(f"{key}\t{size}\t{int(present)}\t{error or ''}\n")
+            sys.stdout.write(f"{key}\t{size}\t{int(present)}\t{error or ''}\t{unreachable}\n")
             sys.stdout.flush()
 
     def report(item: Entry, fetched: Fetched | None) -> None:

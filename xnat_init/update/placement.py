@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from git_annex_remote_xnat.keys import object_relpath, parse_key
+from git_annex_remote_xnat.messages import error_text
 
 from ..config import DatasetSettings
 from .gitannex import RegistrationError, journal_is_empty, record_present
@@ -175,7 +176,7 @@ class AnnexPlacer:
             self._place(item.key, tmp)
         except Exception as exc:  # noqa: BLE001 - every failure is reported for its file
             tmp.unlink(missing_ok=True)
-            return Fetched(item, size, " ".join(str(exc).split()) or exc.__class__.__name__)
+            return Fetched(item, size, error_text(exc))
         finally:
             with self._lock:
                 self._in_flight.discard(item.key)
