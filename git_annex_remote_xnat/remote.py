@@ -28,7 +28,8 @@ from . import __version__
 from .annexversion import GitAnnexVersionError, check_git_annex_version
 from .keys import file_md5, is_vurl_key, parse_key
 from .messages import error_text, one_line
-from .credentials import ANONYMOUS, default_credential_name, how_to_provide, lookup_credential
+from .credentials import (ANONYMOUS, CredentialMismatchError, default_credential_name,
+                          how_to_provide, is_credential_name, lookup_credential)
 from .urls import XnatUrlError, claims, file_name, normalize_base_url, rest_path
 
 _MD5_STATE = "md5="  # the remote's state of a VURL key: the MD5 of its first copy
@@ -111,7 +112,7 @@ class XnatRemote(SpecialRemote):
             if self.annex.getconfig(name):
                 raise fail(f"{name}= is not supported: XNAT files are fetched whole")
         credential = self.annex.getconfig("credential") or default_credential_name(base_url)
-        if any(c.isspace() for c in credential) or ":" in credential:
+        if not is_credential_name(credential):
             raise fail(f"credential= takes a credential name such as {default_credential_name(base_url)} "
                        "or anonymous, not a user:password pair")
         self.annex.setconfig("url", base_url)
@@ -192,9 +193,13 @@ class XnatRemote(SpecialRemote):
                 self.prepare()
             name = self._effective_credential_name()
             self._credential_name = name
-            credential = lookup_credential(name)
+            try:
+                credential = lookup_credential(name, url=self._base_url)
+            except CredentialMismatchError as exc:  # stored for another server: not sent
+                raise fail(str(exc)) from exc
             if credential is None:
-                raise fail(f"no credential '{name}' for {self._base_url}: " + how_to_provide(name))
+                raise fail(f"no credential '{name}' for {self._base_url}: "
+                           + how_to_provide(name, self._base_url))
             self._client = XnatClient(self._base_url, credential)
         return self._client
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from git_annex_remote_xnat.credentials import default_credential_name, env_var_names
 from git_annex_remote_xnat.records import FileRecord
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -68,10 +69,48 @@ def run(cmd: list[str], cwd: Path | str | None = None, check: bool = True,
 
 # --- xnat_emulator fixtures ---------------------------------------------------------------------
 
+def cred_env(url: str) -> tuple[str, str]:
+    """The two DataLad environment variables of the credential xnat-init names after `url`
+    (host and port: DATALAD_CREDENTIAL_127_0_0_1_<PORT>_USER and ..._PASSWORD)."""
+    return env_var_names(default_credential_name(url))
+
+
+class Logins:
+    """The login a test exports, as DataLad environment variables, for every emulator it
+    starts: each listens on its own port, so each has its own default credential name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+        self._urls: list[str] = []
+        self._login: tuple[str, str] | None = None
+
+    def server(self, url: str) -> None:
+        """A server the login is for (the emulator factory tells every emulator it starts)."""
+        self._urls.append(url)
+        if self._login is not None:
+            self._export(url)
+
+    def login(self, user: str, password: str) -> None:
+        """Export `user` and `password` for the servers told so far and later ones."""
+        self._login = (user, password)
+        for url in self._urls:
+            self._export(url)
+
+    def _export(self, url: str) -> None:
+        assert self._login is not None
+        for var, value in zip(cred_env(url), self._login):
+            self._monkeypatch.setenv(var, value)
+
+
 @pytest.fixture
-def emulator_factory():
+def logins(monkeypatch: pytest.MonkeyPatch) -> Logins:
+    return Logins(monkeypatch)
+
+
+@pytest.fixture
+def emulator_factory(logins: Logins):
     """Call with Emulator kwargs (preset, seed, files, require_login, ...); returns a started
-    Emulator. Every emulator made is stopped at teardown."""
+    Emulator, told to `logins`. Every emulator made is stopped at teardown."""
     from xnat_emulator import Emulator
 
     made = []
@@ -79,6 +118,7 @@ def emulator_factory():
     def make(**kwargs):
         emu = Emulator(**kwargs).start()
         made.append(emu)
+        logins.server(emu.url)
         return emu
 
     yield make

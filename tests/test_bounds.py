@@ -22,16 +22,14 @@ from tests.conftest import run
 from tests.test_network_faults import recorder  # noqa: F401 (a fixture)
 from tests.test_xnat_commands import datalad, init, results, update
 
-CRED_ENV = "DATALAD_CREDENTIAL_127_0_0_1"
 ALICE = Credential("emu", "alice", "alice-pass", "test")
 MIB = 1 << 20
 MAX_LISTING_ENV = "GIT_ANNEX_REMOTE_XNAT_MAX_LISTING_BYTES"
 
 
 @pytest.fixture
-def alice_env(monkeypatch):
-    monkeypatch.setenv(f"{CRED_ENV}_USER", "alice")
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+def alice_env(logins):
+    logins.login("alice", "alice-pass")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run
-from tests.test_xnat_commands import CRED_ENV, alice, ds, init, results, state  # noqa: F401
+from tests.test_xnat_commands import alice, ds, init, results, state  # noqa: F401
 
 
 def datalad_json(*args: str, cwd: Path | str | None = None

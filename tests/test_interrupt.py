@@ -28,7 +28,6 @@ import pytest
 
 from tests.conftest import run
 
-CRED_ENV = "DATALAD_CREDENTIAL_127_0_0_1"
 FILES = 300
 PROJECT = "BENCH"
 
@@ -74,9 +73,11 @@ def template(site, tmp_path_factory):
 
 
 @pytest.fixture
-def credential(monkeypatch):
-    monkeypatch.setenv(f"{CRED_ENV}_USER", "alice")
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+def credential(logins, request):
+    """alice's login for the test's emulators, the module's `site` among them if it uses it."""
+    if "site" in request.fixturenames:
+        logins.server(request.getfixturevalue("site").url)
+    logins.login("alice", "alice-pass")
 
 
 # --------------------------------------------------------------------------------- processes

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from git_annex_remote_xnat.credentials import default_credential_name
 from tests.conftest import run
 from tests.test_xnat_commands import (  # noqa: F401 (fixtures)
     alice, annex_key, datalad, ds, init, results, update)
@@ -174,7 +175,8 @@ def test_a_dataset_made_by_datalad_xnat_0_2_1_is_adopted(xnat, alice, ds):
     `collection`, and registered URL- keys of http URLs: its layout stays, no second tree."""
     config = ds / ".datalad" / "config"
     for key, value in (("url", xnat.url), ("project", "PUBLIC1"),
-                       ("path", "{subject}/{session}/{scan}/"), ("credential-name", "127.0.0.1"),
+                       ("path", "{subject}/{session}/{scan}/"),
+                       ("credential-name", default_credential_name(xnat.url)),
                        ("collection", "DICOM NIFTI")):
         run(["git", "config", "-f", str(config), f"datalad.xnat.default.{key}", value], cwd=ds)
     old = next(f for f in xnat.iter_files("PUBLIC1")

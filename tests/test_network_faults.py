@@ -20,16 +20,17 @@ from git_annex_remote_xnat.client import (
 )
 from git_annex_remote_xnat.client.session import TIMEOUT_ENV
 from git_annex_remote_xnat.credentials import Credential
-from tests.conftest import run
+from tests.conftest import cred_env, run
 from tests.test_xnat_commands import datalad, init, results, update
 
-CRED_ENV = "DATALAD_CREDENTIAL_127_0_0_1"
 ALICE = Credential("emu", "alice", "alice-pass", "test")
 
 
-def closed_site_user(monkeypatch) -> None:
-    monkeypatch.setenv(f"{CRED_ENV}_USER", "alice")
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+def closed_site_user(monkeypatch, url: str) -> None:
+    """alice's login for the server `url`, under its default credential name (host:port)."""
+    user_var, password_var = cred_env(url)
+    monkeypatch.setenv(user_var, "alice")
+    monkeypatch.setenv(password_var, "alice-pass")
 
 
 # ------------------------------------------------------------------ 1: retries under a fault mix
@@ -39,7 +40,7 @@ def test_first_update_completes_under_the_fault_mix(emulator_factory, monkeypatc
     """XNAT's Tomcat answers 500 for transient failures; with them, broken bodies and sessions
     that expire every 50 requests, one first update with 4 jobs still gets every file."""
     emu = emulator_factory(preset="files", files=400, file_size=1024, require_login=True)
-    closed_site_user(monkeypatch)
+    closed_site_user(monkeypatch, emu.url)
     ds = tmp_path / "ds"
     datalad("create", str(ds))
     init(ds, emu.url, "-p", "BENCH")
@@ -77,7 +78,7 @@ def https_xnat(emulator_factory, tmp_path, monkeypatch):
     ca.cert_pem.write_to_path(str(emu.ca_file))
     for var in TRUST_VARS:
         monkeypatch.delenv(var, raising=False)
-    closed_site_user(monkeypatch)
+    closed_site_user(monkeypatch, emu.url)
     return emu
 
 
@@ -233,7 +234,7 @@ def test_a_bad_timeout_setting_is_one_clear_line(xnat, monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(XnatError, match=TIMEOUT_ENV):
         XnatClient(xnat.url, ALICE).projects()
-    closed_site_user(monkeypatch)
+    closed_site_user(monkeypatch, xnat.url)
     records = results("xnat-query-files", xnat.url)
     assert len(records) == 1 and records[0]["status"] == "error", records
     assert TIMEOUT_ENV in records[0]["message"] and "e.g. 30" in records[0]["message"]
@@ -243,7 +244,7 @@ def test_a_bad_timeout_setting_is_one_clear_line(xnat, monkeypatch):
 def test_update_against_a_server_gone_silent_ends_with_one_error(
         processes, emulator_factory, monkeypatch, tmp_path, short_timeouts):
     emu = emulator_factory(preset="files", files=24, file_size=512, require_login=True)
-    closed_site_user(monkeypatch)
+    closed_site_user(monkeypatch, emu.url)
     ds = tmp_path / "ds"
     datalad("create", str(ds))
     init(ds, emu.url, "-p", "BENCH")

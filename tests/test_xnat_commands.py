@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
-
-CRED_ENV = "DATALAD_CREDENTIAL_127_0_0_1"
+from tests.conftest import cred_env, run
 
 
 def datalad(*args: str, cwd: Path | str | None = None, check: bool = True):
@@ -44,9 +42,9 @@ def state(ds: Path) -> tuple[str, str, str]:
 
 
 @pytest.fixture
-def alice(monkeypatch):
-    monkeypatch.setenv(f"{CRED_ENV}_USER", "alice")
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+def alice(logins):
+    """alice's login for every emulator of the test, under its default credential name."""
+    logins.login("alice", "alice-pass")
 
 
 @pytest.fixture
@@ -105,7 +103,9 @@ def test_query_projects_subjects_files(xnat, alice):
     ("http://127.0.0.1:1", "127.0.0.1"),
     ("not a url", "not an XNAT server URL"),
 ])
-def test_query_bad_url(url, words, alice):
+def test_query_bad_url(url, words, alice, logins):
+    if url.startswith("http"):
+        logins.server(url)  # a credential for it: what fails is the connection
     records = results("xnat-query", url)
     assert len(records) == 1 and records[0]["status"] == "error"
     assert words in records[0]["message"]
@@ -124,10 +124,11 @@ def test_init_writes_config_provider_and_remote(xnat, alice, ds):
     assert "datalad.xnat.default.collection DICOM" in config
     assert "datalad.xnat.default.collection NIFTI" in config
     assert "datalad.xnat.default.pathfmt {subject}/{session}/{scan}/" in config
-    assert "datalad.xnat.default.credential-name 127.0.0.1" in config
+    name = f"127.0.0.1:{xnat.url.rsplit(':', 1)[1]}"  # the host and the emulator's port
+    assert f"datalad.xnat.default.credential-name {name}\n" in config
     provider = (ds / ".datalad/providers/xnat-default.cfg").read_text()
     assert "[provider:xnat-default]" in provider and "http_basic_auth" in provider
-    assert "credential = 127.0.0.1" in provider and "[credential:127.0.0.1]" in provider
+    assert f"credential = {name}\n" in provider and f"[credential:{name}]" in provider
     assert "type = user_password" in provider
     # configuration lives in git, not in the annex: a fresh clone reads it without a get
     assert not (ds / ".datalad/providers/xnat-default.cfg").is_symlink()
@@ -172,24 +173,25 @@ def test_no_secret_anywhere(xnat, alice, ds):
                                   "private-project", "protected-for-bob", "no-slash",
                                   "unknown-placeholder", "unknown-subject", "no-credential",
                                   "bad-name"])
-def test_init_bad_input_leaves_dataset_untouched(case, xnat, ds, monkeypatch):
-    monkeypatch.setenv(f"{CRED_ENV}_USER", "alice")
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+def test_init_bad_input_leaves_dataset_untouched(case, xnat, ds, monkeypatch, logins):
+    logins.login("alice", "alice-pass")
+    user_var, password_var = cred_env(xnat.url)
     url, args, words = xnat.url, ["-p", "PUBLIC1"], ""
     if case == "unreachable":
         url, words = "http://127.0.0.1:1", "127.0.0.1:1"
+        logins.server(url)  # a credential for it: what fails is the connection
     elif case == "not-xnat":
         url, words = xnat.url + "/not/xnat", "XNAT"
     elif case == "wrong-password":
-        monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "nope")
+        monkeypatch.setenv(password_var, "nope")
         words = "401"
     elif case == "unknown-project":
         args, words = ["-p", "NOPE"], "NOPE"
     elif case == "private-project":
         args, words = ["-p", "PRIV1"], "PRIV1"
     elif case == "protected-for-bob":
-        monkeypatch.setenv(f"{CRED_ENV}_USER", "bob")
-        monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "bob-pass")
+        monkeypatch.setenv(user_var, "bob")
+        monkeypatch.setenv(password_var, "bob-pass")
         args, words = ["-p", "PROT1"], "PROT1"
     elif case == "no-slash":
         args, words = ["-p", "PUBLIC1", "-F", "{subject}/{session}"], "must end with '/'"
@@ -198,9 +200,9 @@ def test_init_bad_input_leaves_dataset_untouched(case, xnat, ds, monkeypatch):
     elif case == "unknown-subject":
         args, words = ["-p", "PUBLIC1", "-s", "NOBODY"], "NOBODY"
     elif case == "no-credential":
-        monkeypatch.delenv(f"{CRED_ENV}_USER")
-        monkeypatch.delenv(f"{CRED_ENV}_PASSWORD")
-        words = "DATALAD_CREDENTIAL_127_0_0_1_USER"
+        monkeypatch.delenv(user_var)
+        monkeypatch.delenv(password_var)
+        words = user_var
     elif case == "bad-name":
         args, words = ["-p", "PUBLIC1", "--name", "a b"], "instance name"
     before = state(ds)
@@ -551,11 +553,11 @@ def test_update_bad_inputs(xnat, alice, ds, tmp_path, monkeypatch):
     assert records[-1]["status"] == "impossible" and "xnat-init" in records[-1]["message"]
     init(ds, xnat.url, "-p", "PUBLIC1")
     before = state(ds)
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "wrong")
+    monkeypatch.setenv(cred_env(xnat.url)[1], "wrong")
     records = results("xnat-update", "--reckless", "fast", cwd=ds)
     assert len(records) == 1 and records[0]["status"] == "error" and "401" in records[0]["message"]
     assert state(ds) == before
-    monkeypatch.setenv(f"{CRED_ENV}_PASSWORD", "alice-pass")
+    monkeypatch.setenv(cred_env(xnat.url)[1], "alice-pass")
     records = results("xnat-update", "--reckless", "fast", "-p", "NOPE", cwd=ds)
     assert records[-1]["status"] == "error" and "NOPE" in records[-1]["message"]
     assert state(ds) == before
@@ -664,8 +666,12 @@ def test_prompt_picker_and_keyring(xnat, ds):
     assert "project = PROT1" in (ds / ".datalad/config").read_text()
     import keyring
 
-    assert keyring.get_password("datalad-127.0.0.1", "user") == "alice"
-    assert keyring.get_password("datalad-127.0.0.1", "password") == "alice-pass"
+    from git_annex_remote_xnat.credentials import default_credential_name
+
+    service = f"datalad-{default_credential_name(xnat.url)}"  # 127.0.0.1:<port>
+    assert keyring.get_password(service, "user") == "alice"
+    assert keyring.get_password(service, "password") == "alice-pass"
+    assert keyring.get_password(service, "url") == xnat.url  # it goes to this server only
     # stored, so an update needs no prompt
     assert update(ds, "--reckless", "fast")["added"] == 3
     # force-ask asks again even though the keyring has it; a wrong password is asked again

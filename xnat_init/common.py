@@ -14,6 +14,7 @@ from datalad.support.param import Parameter
 from git_annex_remote_xnat.credentials import (
     ANONYMOUS,
     Credential,
+    CredentialMismatchError,
     default_credential_name,
     how_to_provide,
     lookup_credential,
@@ -112,7 +113,10 @@ def resolve_credential(name: str | None, url: str, repo: str | None, *, may_prom
     name = name or default_credential_name(url)
     if name == ANONYMOUS:
         return ResolvedCredential(lookup_credential(ANONYMOUS), False)
-    found = None if force_ask else lookup_credential(name, repo=repo)
+    try:
+        found = None if force_ask else lookup_credential(name, repo=repo, url=url)
+    except CredentialMismatchError as exc:  # stored for another server: say so, never prompt
+        return ResolvedCredential(None, False, str(exc))
     if found is not None:
         return ResolvedCredential(found, False)
     if may_prompt and is_terminal():
@@ -120,9 +124,9 @@ def resolve_credential(name: str | None, url: str, repo: str | None, *, may_prom
     if force_ask:
         return ResolvedCredential(None, False, "datalad.credentials.force-ask is set, but there "
                                   "is no terminal to ask for the user name and password in; run "
-                                  "xnat-init in a terminal, or " + how_to_provide(name))
+                                  "xnat-init in a terminal, or " + how_to_provide(name, url))
     return ResolvedCredential(None, False, f"no credential '{name}' for {url}: "
-                              + how_to_provide(name))
+                              + how_to_provide(name, url))
 
 
 def force_ask_requested(ds_config=None) -> bool:

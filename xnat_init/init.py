@@ -235,7 +235,7 @@ class XnatInit(Interface):
 
         if prompted:
             try:
-                store_credential(cred)
+                store_credential(cred, url=base_url)
             except CredentialError as exc:
                 yield get_status_dict(action=ACTION, ds=ds, status="ok", logger=lgr,
                                       message=f"credential not stored: {exc}")

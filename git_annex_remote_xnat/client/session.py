@@ -46,7 +46,7 @@ from urllib3.exceptions import LocationValueError
 from urllib3.util.retry import Retry
 
 from .. import __version__
-from ..credentials import Credential, how_to_provide
+from ..credentials import Credential, default_credential_name, how_to_provide
 from . import resultset
 from .errors import (
     AuthenticationError, NotFoundError, NotXnatError, PermissionDeniedError,
@@ -577,7 +577,8 @@ class Session:
         """How to make the server accept us: which credential to fix, or to provide one."""
         if self.anonymous:
             return "this site needs a login: " + how_to_provide(
-                urlsplit(self.base_url).hostname or "NAME") + ", and use it instead of anonymous"
+                default_credential_name(self.base_url), self.base_url) + \
+                ", and use it instead of anonymous"
         cred = self.credential
         return (f"check user '{cred.user}' and the password or token of credential '{cred.name}' "
                 f"(from {cred.source or 'unknown'}); " + how_to_provide(cred.name))
