@@ -193,11 +193,12 @@ def how_to_provide(name: str, url: str | None = None) -> str:
                          f"PASSWORD` in {_netrc_display()}")
             problem = _read_netrc()[1] or ""
     return (
-        f"provide credential '{name}': run `datalad xnat-init` (it asks and stores it), or "
+        f"provide credential '{name}': run `datalad xnat-credential` in the dataset (it asks "
+        "for your XNAT login, checks it and stores it), or "
         f"`keyring set {keyring_service(name)} user` and `keyring set {keyring_service(name)} "
         f"password`, or export {user_var} and {password_var}, or set git config "
-        f"datalad.credential.{name}.user/.password{netrc_way}; use credential=anonymous for an "
-        "open site" + (f" ({problem}, so it was skipped)" if problem else "")
+        f"datalad.credential.{name}.user/.password{netrc_way}; `--credential anonymous` reads "
+        "an open site as its guest" + (f" ({problem}, so it was skipped)" if problem else "")
     )
 
 
@@ -406,6 +407,17 @@ def store_credential(credential: Credential, url: str | None = None) -> None:
             "install keyrings.alt or set PYTHON_KEYRING_BACKEND, or export "
             f"{user_var} and {password_var} instead"
         ) from exc
+
+
+def keep_typed_credential(credential: Credential, url: str) -> str | None:
+    """Store a credential that was typed in and worked, bound to the server `url` it worked
+    for; the warning to show when it cannot be stored (None when it was): the login it was
+    typed for goes on, and the next one asks again."""
+    try:
+        store_credential(credential, url=url)
+    except CredentialError as exc:
+        return f"credential not stored, so it is asked for again next time: {exc}"
+    return None
 
 
 def delete_credential(name: str) -> None:

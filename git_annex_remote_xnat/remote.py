@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from annexremote import Master, ProtocolError, RemoteError, SpecialRemote
@@ -198,10 +199,46 @@ class XnatRemote(SpecialRemote):
             except CredentialMismatchError as exc:  # stored for another server: not sent
                 raise fail(str(exc)) from exc
             if credential is None:
-                raise fail(f"no credential '{name}' for {self._base_url}: "
-                           + how_to_provide(name, self._base_url))
-            self._client = XnatClient(self._base_url, credential)
+                self._client = self._client_asked_for(name)
+            else:
+                self._client = XnatClient(self._base_url, credential)
         return self._client
+
+    def _client_asked_for(self, name: str) -> XnatClient:
+        """No credential: ask on the terminal (once among this run's remote processes) and
+        return a client logged in with what was typed; without a terminal, fail with the one
+        command that stores a credential, in full for the first file of the run."""
+        from .asking import ATTEMPTS, LoginRejected, ask_login, first_to_tell, open_terminal
+        from .client import AuthenticationError, XnatClient
+        from .credentials import keep_typed_credential
+
+        base_url = self._base_url or ""
+        git_dir = Path(self.annex.getgitdir())
+        terminal = open_terminal()
+        if terminal is None:
+            if first_to_tell(git_dir, "no-credential"):
+                raise fail(f"no credential '{name}' for {base_url}: "
+                           + how_to_provide(name, base_url))
+            raise fail(f"no credential '{name}' for {base_url} (see this run's first error)")
+        logged_in: list[XnatClient] = []
+
+        def check(credential) -> None:
+            client = XnatClient(base_url, credential)
+            try:
+                client.login()
+            except AuthenticationError as exc:
+                client.close()
+                raise LoginRejected(f"the server refused user '{credential.user}'") from exc
+            logged_in.append(client)
+
+        with terminal:
+            credential = ask_login(git_dir, name, base_url, terminal,
+                                   lambda: lookup_credential(name, url=base_url), check,
+                                   lambda credential: keep_typed_credential(credential, base_url))
+        if credential is None:
+            raise fail(f"{base_url} refused the login typed {ATTEMPTS} times; "
+                       + how_to_provide(name, base_url))
+        return logged_in[0] if logged_in else XnatClient(base_url, credential)
 
     def _claimed_urls(self, key: str) -> list[str]:
         base = self._base_url or ""

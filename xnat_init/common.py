@@ -129,6 +129,48 @@ def resolve_credential(name: str | None, url: str, repo: str | None, *, may_prom
                               + how_to_provide(name, url))
 
 
+@dataclass
+class LoggedIn:
+    """A client that has logged in (None, with `message`, when that failed), the credential it
+    used, and whether that credential was typed in (then the caller stores it once it is
+    satisfied with it)."""
+
+    client: object | None
+    credential: Credential | None
+    prompted: bool
+    message: str = ""
+
+
+def log_in(name: str | None, url: str, repo: str | None, *, may_prompt: bool,
+           force_ask: bool = False, attempts: int = 3) -> LoggedIn:
+    """Log in to `url` with credential `name` (its default: the server's), asking in a terminal
+    when none is found and `may_prompt`; a typed password the server refuses is asked again,
+    `attempts` times in all. The one login of xnat-init, xnat-credential and xnat-query."""
+    from git_annex_remote_xnat.client import AuthenticationError, XnatClient, XnatError
+    from git_annex_remote_xnat.messages import one_line
+
+    resolved = resolve_credential(name, url, repo, may_prompt=may_prompt, force_ask=force_ask)
+    credential = resolved.credential
+    if credential is None:
+        return LoggedIn(None, None, False, resolved.message)
+    for attempt in range(attempts if resolved.prompted else 1):
+        client = XnatClient(url, credential, retries=2)
+        try:
+            client.login()
+            return LoggedIn(client, credential, resolved.prompted)
+        except AuthenticationError as exc:
+            client.close()
+            if resolved.prompted and attempt + 1 < attempts:
+                lgr.warning("%s", one_line(exc))
+                credential = prompt_credential(credential.name, url, credential.user)
+                continue
+            return LoggedIn(None, credential, resolved.prompted, one_line(exc))
+        except XnatError as exc:
+            client.close()
+            return LoggedIn(None, credential, resolved.prompted, one_line(exc))
+    raise AssertionError("unreachable")
+
+
 def force_ask_requested(ds_config=None) -> bool:
     """`datalad -c datalad.credentials.force-ask=1 ...` (the -c overrides live in the global
     ConfigManager; a dataset's own config may set it too)."""

@@ -17,11 +17,7 @@ from datalad.support.constraints import EnsureNone, EnsureStr
 from datalad.support.param import Parameter
 from datalad.utils import ensure_list
 
-from git_annex_remote_xnat.credentials import (
-    ANONYMOUS,
-    CredentialError,
-    store_credential,
-)
+from git_annex_remote_xnat.credentials import ANONYMOUS, keep_typed_credential
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, normalize_base_url
 
@@ -30,8 +26,7 @@ from .common import (
     filter_params,
     force_ask_requested,
     is_terminal,
-    prompt_credential,
-    resolve_credential,
+    log_in,
 )
 from .config import (
     CONFIG_FILE,
@@ -159,42 +154,15 @@ class XnatInit(Interface):
         from git_annex_remote_xnat.credentials import default_credential_name
 
         credential_name = credential_name or default_credential_name(base_url)
-        resolved = resolve_credential(credential_name, base_url, ds.path, may_prompt=True,
-                                      force_ask=force_ask_requested(ds.config))
-        if resolved.credential is None:
-            yield failure(resolved.message)
+        logged_in = log_in(credential_name, base_url, ds.path, may_prompt=True,
+                           force_ask=force_ask_requested(ds.config))
+        if logged_in.client is None:
+            yield failure(logged_in.message)
             return
 
-        from git_annex_remote_xnat.client import (
-            AuthenticationError,
-            NotFoundError,
-            PermissionDeniedError,
-            XnatClient,
-            XnatError,
-        )
+        from git_annex_remote_xnat.client import NotFoundError, PermissionDeniedError, XnatError
 
-        cred = resolved.credential
-        prompted = resolved.prompted
-        attempts = 3 if prompted else 1
-        client = None
-        for attempt in range(attempts):
-            client = XnatClient(base_url, cred, retries=2)
-            try:
-                client.login()
-                break
-            except AuthenticationError as exc:
-                client.close()
-                if prompted and attempt + 1 < attempts:
-                    lgr.warning("%s", one_line(exc))
-                    cred = prompt_credential(credential_name, base_url, cred.user)
-                    continue
-                yield failure(one_line(exc))
-                return
-            except XnatError as exc:
-                client.close()
-                yield failure(one_line(exc))
-                return
-        assert client is not None
+        client, cred, prompted = logged_in.client, logged_in.credential, logged_in.prompted
         try:
             if not project:
                 try:
@@ -233,12 +201,9 @@ class XnatInit(Interface):
         finally:
             client.close()
 
-        if prompted:
-            try:
-                store_credential(cred, url=base_url)
-            except CredentialError as exc:
-                yield get_status_dict(action=ACTION, ds=ds, status="ok", logger=lgr,
-                                      message=f"credential not stored: {exc}")
+        warning = keep_typed_credential(cred, base_url) if prompted else None
+        if warning:
+            yield get_status_dict(action=ACTION, ds=ds, status="ok", logger=lgr, message=warning)
 
         config = XnatConfig(name=name, url=base_url, project=project, pathfmt=pathfmt,
                             credential=credential_name, subjects=subjects,

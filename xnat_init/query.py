@@ -10,11 +10,12 @@ from datalad.support.constraints import EnsureStr
 from datalad.support.param import Parameter
 from datalad.utils import ensure_list
 
+from git_annex_remote_xnat.credentials import keep_typed_credential
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, masked_url, normalize_base_url
 
 from git_annex_remote_xnat.messages import one_line
 
-from .common import filter_params, resolve_credential, warn_unmatched_collections
+from .common import filter_params, log_in, warn_unmatched_collections
 
 lgr = logging.getLogger("datalad.xnat.query")
 ACTION = "xnat_query"
@@ -63,15 +64,18 @@ class XnatQueryFiles(Interface):
         if (subject or experiment or collection) and not project:
             yield failure("--subject, --experiment and --collection need --project")
             return
-        resolved = resolve_credential(credential, base_url, None, may_prompt=False)
-        if resolved.credential is None:
-            yield failure(resolved.message)
+        logged_in = log_in(credential, base_url, None, may_prompt=True)
+        if logged_in.client is None:
+            yield failure(logged_in.message)
             return
-        from git_annex_remote_xnat.client import Walk, XnatClient, XnatError
+        if logged_in.prompted:
+            warning = keep_typed_credential(logged_in.credential, base_url)
+            if warning:
+                lgr.warning("%s", warning)
+        from git_annex_remote_xnat.client import Walk, XnatError
 
-        with XnatClient(base_url, resolved.credential, retries=2) as client:
+        with logged_in.client as client:
             try:
-                client.login()
                 if not project:
                     for p in client.projects():
                         yield get_status_dict(action=ACTION, path=f"{base_url}/data/projects/{p.id}",

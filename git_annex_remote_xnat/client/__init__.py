@@ -24,7 +24,7 @@ from .errors import (
     AuthenticationError, DownloadError, NotFoundError, NotXnatError, PermissionDeniedError,
     ServerUnreachableError, TLSError, XnatError, safe_url,
 )
-from .listings import Experiment, Project, RemoteFile, Resource, Scan, Subject
+from .listings import AliasToken, Experiment, Project, RemoteFile, Resource, Scan, Subject
 from .session import DEFAULT_TIMEOUT, USER_AGENT, Session
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     "NotXnatError", "ServerUnreachableError", "TLSError", "DownloadError", "safe_url",
     "Project", "Subject", "Experiment", "Scan", "Resource", "RemoteFile", "FileStatus",
     "FileRecord", "USER_AGENT", "DEFAULT_TIMEOUT", "CHUNK_SIZE", "ID_BATCH",
-    "Walk",
+    "Walk", "AliasToken",
 ]
 
 
@@ -125,6 +125,11 @@ class XnatClient:
         (see `Enumeration.iter_files`); `walk` is told the subjects and sessions walked."""
         return self._enumeration.iter_files(project, subjects, experiments, resources, jobs,
                                             scan_types, levels, walk)
+
+    def issue_token(self) -> AliasToken:
+        """A new alias token of the logged-in user (`/data/services/tokens/issue`): an alias and
+        a secret that log in like a user name and password, until the server's expiry."""
+        return listings.alias_token(self.session)
 
     # ---------------------------------------------------------------- files
 

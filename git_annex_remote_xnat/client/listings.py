@@ -7,8 +7,10 @@ are built from the rows as the session parses them, so a listing's raw rows are 
 
 from __future__ import annotations
 
+import calendar
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Iterable, TypeVar
 from urllib.parse import quote, unquote
 
@@ -228,3 +230,37 @@ def unknown_names(names: Iterable[str], known: Iterable[tuple[str, str]]) -> lis
     """The `names` that are neither the ID nor the label of any (ID, label) pair in `known`."""
     seen = {name for pair in known for name in pair}
     return [name for name in names if name not in seen]
+
+
+@dataclass(frozen=True)
+class AliasToken:
+    """An alias token: `alias` and `secret` log in like a user name and password.
+
+    `expires` is seconds since the epoch, None when the server did not say: XNAT 1.7+ sends
+    epoch milliseconds as a number, older servers a `yyyyMMdd_HHmmss` text."""
+
+    alias: str
+    secret: str = field(repr=False)
+    expires: float | None = None
+
+    @classmethod
+    def from_answer(cls, answer: Any) -> "AliasToken":
+        if not isinstance(answer, dict) or not answer.get("alias") or not answer.get("secret"):
+            raise NotXnatError("the server's answer to /data/services/tokens/issue is not an "
+                               "alias token; this XNAT may not issue tokens", None, "")
+        return cls(str(answer["alias"]), str(answer["secret"]),
+                   _expiry(answer.get("estimatedExpirationTime")))
+
+
+def _expiry(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value / 1000.0
+    try:
+        return float(calendar.timegm(time.strptime(str(value), "%Y%m%d_%H%M%S")))
+    except (TypeError, ValueError):
+        return None
+
+
+def alias_token(session: Session) -> AliasToken:
+    """`GET /data/services/tokens/issue`: a new token of the logged-in user."""
+    return AliasToken.from_answer(session.get_json("/data/services/tokens/issue"))

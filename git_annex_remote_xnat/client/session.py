@@ -58,6 +58,7 @@ DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (seconds between bytes)
 TIMEOUT_ENV = "GIT_ANNEX_REMOTE_XNAT_TIMEOUT"  # "READ" or "CONNECT,READ" in seconds
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # curl --retry's transient ones
 OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
+NOT_XNAT_LOGIN_STATUSES = frozenset({404, 405, 501})  # no such path, or POST not taken there
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets this and then an error
 CLOSE_TIMEOUT = (5.0, 10.0)  # ending the server session must not hold up an exit
 UNREACHABLE_AFTER = 3  # requests in a row without an HTTP answer before the server is given up
@@ -66,6 +67,8 @@ MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whateve
 DRAIN_BYTES = 1 << 20  # what is read of an answer about to be retried, so its connection stays
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
+# XNAT's alias tokens are UUIDs, user names never are (xnatpy tells them apart the same way)
+_ALIAS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 class BodyBrokeOff(Exception):
@@ -401,10 +404,11 @@ class Session:
         answer = self._send("POST", url, headers=headers, stream=True, cookie=False,
                             retry=self._login_retry)
         with answer:
-            if answer.status == 404:
+            if answer.status in NOT_XNAT_LOGIN_STATUSES:  # XNAT always takes this POST
                 raise NotXnatError(
-                    f"HTTP 404 for POST {url}: no XNAT REST API there; check the server URL "
-                    "(include the context path, e.g. https://host/xnat)", 404, url)
+                    f"HTTP {answer.status} for POST {url}: no XNAT REST API there; check the "
+                    "server URL (include the context path, e.g. https://host/xnat)",
+                    answer.status, url)
             self._check(answer, "POST", url)
             session_id = answer.start(MESSAGE_BYTES).decode("ascii", "replace").strip()
             if not session_id or len(session_id) > 256 or any(c.isspace() for c in session_id):
@@ -580,6 +584,10 @@ class Session:
                 default_credential_name(self.base_url), self.base_url) + \
                 ", and use it instead of anonymous"
         cred = self.credential
+        if _ALIAS.fullmatch(cred.user or ""):
+            return (f"user '{cred.user}' is an alias token (credential '{cred.name}', from "
+                    f"{cred.source or 'unknown'}), which has expired or was revoked; `datalad "
+                    "xnat-credential --token` in the dataset stores a new one")
         return (f"check user '{cred.user}' and the password or token of credential '{cred.name}' "
                 f"(from {cred.source or 'unknown'}); " + how_to_provide(cred.name))
 
