@@ -170,3 +170,12 @@ def test_a_server_that_is_not_xnat_is_named_so(tmp_path):
     text = got.stdout + got.stderr
     assert got.returncode != 0
     assert "no XNAT REST API there" in text and "try again later" not in text, text
+
+
+def test_update_in_a_clone_asks_in_a_terminal_and_stores(xnat, clone):
+    out = _in_terminal(["datalad", "xnat-update", "--reckless", "fast"], clone,
+                       [("User name", "alice"), ("Password", "alice-pass")], timeout=120)
+    assert "xnat_update(ok)" in out or "xnat_update(notneeded)" in out, out
+    assert "alice-pass" not in out
+    got = without_terminal(["git", "annex", "get", "."], clone)  # stored: no one to ask
+    assert got.returncode == 0, got.stderr

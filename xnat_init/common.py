@@ -142,10 +142,12 @@ class LoggedIn:
 
 
 def log_in(name: str | None, url: str, repo: str | None, *, may_prompt: bool,
-           force_ask: bool = False, attempts: int = 3) -> LoggedIn:
+           force_ask: bool = False, attempts: int = 3, retries: int = 2,
+           pool_size: int = 16) -> LoggedIn:
     """Log in to `url` with credential `name` (its default: the server's), asking in a terminal
     when none is found and `may_prompt`; a typed password the server refuses is asked again,
-    `attempts` times in all. The one login of xnat-init, xnat-credential and xnat-query."""
+    `attempts` times in all. The one login of every command; `retries` and `pool_size` are
+    the client's."""
     from git_annex_remote_xnat.client import AuthenticationError, XnatClient, XnatError
     from git_annex_remote_xnat.messages import one_line
 
@@ -154,7 +156,7 @@ def log_in(name: str | None, url: str, repo: str | None, *, may_prompt: bool,
     if credential is None:
         return LoggedIn(None, None, False, resolved.message)
     for attempt in range(attempts if resolved.prompted else 1):
-        client = XnatClient(url, credential, retries=2)
+        client = XnatClient(url, credential, retries=retries, pool_size=pool_size)
         try:
             client.login()
             return LoggedIn(client, credential, resolved.prompted)

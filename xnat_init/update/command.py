@@ -33,10 +33,11 @@ from datalad.support.constraints import EnsureChoice, EnsureInt, EnsureNone, Ens
 from datalad.support.param import Parameter
 from datalad.utils import bytes2human, ensure_list
 
+from git_annex_remote_xnat.credentials import keep_typed_credential
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
-from ..common import dataset_param, filter_params, resolve_credential, warn_unmatched_collections
+from ..common import dataset_param, filter_params, log_in, warn_unmatched_collections
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
 from ..layout import LayoutError, PathFormat
 from .datasets import Hierarchy, tree_above
@@ -218,34 +219,32 @@ class Update:
         except ValueError as exc:
             yield self.result("error", str(exc))
             return
-        resolved = resolve_credential(self.options.credential, self.config.url, str(self.top),
-                                      may_prompt=False)
-        if resolved.credential is None:
-            yield self.result("error", resolved.message)
+        logged_in = log_in(self.options.credential, self.config.url, str(self.top),
+                           may_prompt=True, retries=3, pool_size=max(16, self.options.jobs or 0))
+        if logged_in.client is None:
+            yield self.result("error", logged_in.message)
             return
+        client = logged_in.client
+        if logged_in.prompted:
+            warning = keep_typed_credential(logged_in.credential, self.config.url)
+            if warning:
+                lgr.warning("%s", warning)
         import fasteners
 
         lock_path = git_dir(self.top) / "xnat-update.lck"
         lock = fasteners.InterProcessLock(str(lock_path))
         if not lock.acquire(blocking=False):
+            client.close()
             yield self.result("impossible", "another xnat-update of this dataset is running "
                               f"(lock {lock_path}); wait for it to finish")
             return
-        from git_annex_remote_xnat.client import XnatClient, XnatError
-
-        client = XnatClient(self.config.url, resolved.credential, retries=3,
-                            pool_size=max(16, self.options.jobs or 0))
+        from git_annex_remote_xnat.client import XnatError
         planner: Planner | None = None
         journal = Journal(lock_path.parent)
         spool_before = use_spool_directory(journal.scratch)
         try:
             for problem in recover(journal):  # what an interrupted update left
                 yield self.result("error", problem)
-            try:
-                client.login()
-            except XnatError as exc:
-                yield self.result("error", one_line(exc))
-                return
             fetcher = None if self.options.fast else Fetcher(
                 client, self.config.url, self.config.remote, hierarchy.view(""),
                 self.options.jobs, fetch_processes, journal)
