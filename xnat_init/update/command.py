@@ -34,6 +34,7 @@ from datalad.support.param import Parameter
 from datalad.utils import bytes2human, ensure_list
 
 from git_annex_remote_xnat.credentials import keep_typed_credential
+from git_annex_remote_xnat.keys import key_size
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
 
@@ -94,6 +95,11 @@ class XnatUpdate(Interface):
             args=("--remove-gone", "--drop-gone"), action="store_true",
             doc="""remove files that are gone from the server (without this they are only
             reported)"""),
+        dry_run=Parameter(
+            args=("--dry-run",), action="store_true",
+            doc="""list the server and report what the update would add, change, call gone
+            (and remove, with --remove-gone) and fetch, per dataset, without writing anything:
+            not the datasets, not git-annex's branch, no subdataset made or installed"""),
         **filter_params(for_update=True),
     )
 
@@ -109,7 +115,7 @@ class XnatUpdate(Interface):
     @eval_results
     def __call__(*, dataset=None, force=False, reckless=None, ifexists=None, jobs=None,
                  name=None, remove_gone=False, project=None, subject=None, experiment=None,
-                 collection=None, credential=None):
+                 collection=None, credential=None, dry_run=False):
         ds = require_dataset(dataset, check_installed=True, purpose="update from XNAT")
         if isinstance(jobs, int) and jobs < 1:
             yield get_status_dict(action=ACTION, ds=ds, status="error", logger=lgr,
@@ -137,7 +143,7 @@ class XnatUpdate(Interface):
             collections=ensure_list(collection) or list(config.collections),
             credential=credential or config.credential, force=force,
             fast=reckless == "fast", ifexists=ifexists or "overwrite",
-            jobs=None if jobs == "auto" else jobs, remove_gone=remove_gone)
+            jobs=None if jobs == "auto" else jobs, remove_gone=remove_gone, dry_run=dry_run)
         with terminations_interrupt():  # SIGTERM and SIGHUP get Ctrl-C's cleanup
             yield from Update(ds, config, options).run()
 
@@ -154,6 +160,7 @@ class UpdateOptions:
     ifexists: str
     jobs: int | None
     remove_gone: bool
+    dry_run: bool = False
 
 
 @dataclass
@@ -165,14 +172,19 @@ class Fetched:
     failed: int = 0
 
 
-def summary(counts: Counts, fetched: Fetched, failed: int) -> str:
-    parts = [f"{counts.added} added ({bytes2human(counts.bytes_added)})",
-             f"{counts.changed} changed ({bytes2human(counts.bytes_changed)})",
+def summary(counts: Counts, fetched: Fetched, failed: int,
+            would: tuple[int, int] | None = None) -> str:
+    """The one-line summary of an update; `would` (files, bytes to fetch) words a dry run's."""
+    verb = "would be " if would is not None else ""
+    parts = [f"{counts.added} {verb}added ({bytes2human(counts.bytes_added)})",
+             f"{counts.changed} {verb}changed ({bytes2human(counts.bytes_changed)})",
              f"{counts.unchanged} unchanged"]
     if counts.skipped:
         parts.append(f"{counts.skipped} changed on the server but skipped")
     parts.append(f"{counts.gone} gone from the server" +
-                 (f" ({counts.removed} removed)" if counts.removed else ""))
+                 (f" ({counts.removed} {verb}removed)" if counts.removed else ""))
+    if would is not None:
+        parts.append(f"{would[0]} would be fetched ({bytes2human(would[1])})")
     if fetched.files:
         parts.append(f"{fetched.files} fetched ({bytes2human(fetched.bytes)})")
     parts.append(f"{failed} failed")
@@ -212,7 +224,7 @@ class Update:
                 f"(instance '{self.config.name}'); run the update in that superdataset: "
                 f"datalad -C {top_of_tree} xnat-update")
             return
-        hierarchy = Hierarchy(self.ds, fmt)
+        hierarchy = Hierarchy(self.ds, fmt, install=not self.options.dry_run)
         fetch_processes = hierarchy.view("").settings.fetch_processes
         try:
             helper_processes(1, 0, fetch_processes)
@@ -243,9 +255,15 @@ class Update:
         journal = Journal(lock_path.parent)
         spool_before = use_spool_directory(journal.scratch)
         try:
-            for problem in recover(journal):  # what an interrupted update left
-                yield self.result("error", problem)
-            fetcher = None if self.options.fast else Fetcher(
+            if self.options.dry_run:
+                journal.clean_scratch()
+                if any(True for _ in journal.pending()):
+                    yield self.result("notneeded", "an interrupted update left repairs that "
+                                      "this dry run does not make; the next update makes them")
+            else:
+                for problem in recover(journal):  # what an interrupted update left
+                    yield self.result("error", problem)
+            fetcher = None if self.options.fast or self.options.dry_run else Fetcher(
                 client, self.config.url, self.config.remote, hierarchy.view(""),
                 self.options.jobs, fetch_processes, journal)
             planner = self.planner(hierarchy, fmt, fetcher)
@@ -263,6 +281,9 @@ class Update:
                 if fetcher is not None:
                     fetcher.listed(plan)
                 yield from self.report_planned(plan, fmt)
+                if self.options.dry_run:
+                    yield from self.report_dry_run(plan, planner.scope.walk)
+                    return
                 commits = Writer(hierarchy, self.config, journal).write(plan)
             except BaseException as exc:
                 if fetcher is not None:
@@ -291,6 +312,8 @@ class Update:
                       options.collections, Walk())
         plan_options = PlanOptions(force=options.force, skip_changed=options.ifexists == "skip",
                                    fetch=not options.fast, remove_gone=options.remove_gone)
+        # a dry run of the default mode counts the files it would fetch (keys without a
+        # digest are planned as --reckless fast plans them: hashing them would download them)
         return Planner(hierarchy, fmt, plan_options, scope,
                        on_top_wanted=fetcher.want if fetcher is not None else None)
 
@@ -316,7 +339,7 @@ class Update:
                          options.project)
         planner.check()
         unkeyed = planner.unkeyed()
-        if unkeyed and options.fast:
+        if unkeyed and (options.fast or options.dry_run):
             # --reckless fast downloads nothing: VURL keys, held to their first copy's MD5
             for item in unkeyed:
                 planner.keyed_by_url(item)
@@ -390,8 +413,51 @@ class Update:
                 yield get_status_dict(
                     action=ACTION, path=str(change_set.view.path / path), type="file",
                     logger=lgr, status="ok" if self.options.remove_gone else "notneeded",
-                    message="removed: gone from the server" if self.options.remove_gone
-                    else "gone from the server (kept; --remove-gone removes it)")
+                    message=self._gone_words())
+
+    def _gone_words(self) -> str:
+        if self.options.dry_run:
+            return ("gone from the server (would be removed)" if self.options.remove_gone
+                    else "gone from the server (would be kept; --remove-gone removes it)")
+        return ("removed: gone from the server" if self.options.remove_gone
+                else "gone from the server (kept; --remove-gone removes it)")
+
+    def report_dry_run(self, plan: Plan, walk: Walk) -> Iterator[dict]:
+        """One record per dataset the update would touch, then the summary: what it would add,
+        change, call gone and fetch (files and bytes)."""
+        fetching = []
+        for change_set in plan.change_sets.values():
+            files, size = self._to_fetch(change_set)
+            fetching.append((files, size))
+            counts = change_set.counts
+            where = "would be created" if not change_set.view.exists else "exists"
+            yield get_status_dict(
+                action=ACTION, path=str(change_set.view.path), type="dataset", status="ok",
+                logger=lgr, dry_run=True,
+                message=f"dry run, {change_set.relpath or '.'} ({where}): "
+                        + summary(counts, Fetched(), 0, would=(files, size)))
+        total = plan.totals
+        files = sum(f for f, _ in fetching)
+        size = sum(b for _, b in fetching)
+        failed = len(plan.failures)
+        unknown = warn_unmatched_collections(self.options.collections, walk.resources)
+        yield self.result(
+            "error" if failed else "ok", f"{self.config.project} (dry run, nothing written): "
+            + summary(total, Fetched(), failed, would=(files, size)),
+            type="dataset", dry_run=True, xnat_project=self.config.project,
+            xnat_url=self.config.url, added=total.added, changed=total.changed,
+            unchanged=total.unchanged, skipped=total.skipped, gone=total.gone,
+            removed=0, would_remove=total.removed, failed=failed, no_digest=total.no_digest,
+            unknown_collections=unknown, bytes_added=total.bytes_added,
+            bytes_changed=total.bytes_changed, fetched=0, bytes_fetched=0,
+            would_fetch=files, bytes_to_fetch=size, commits=0)
+
+    def _to_fetch(self, change_set) -> tuple[int, int]:
+        """The files and bytes the default mode would download into one dataset."""
+        if self.options.fast:
+            return 0, 0
+        keys = {entry.key for entry in change_set.entries.wanted_entries()}
+        return len(keys), sum(key_size(key) or 0 for key in keys)
 
     def report(self, plan: Plan, fetched: Fetched, commits: int, walk: Walk) -> dict:
         total = plan.totals

@@ -50,8 +50,11 @@ class DatasetView:
 class Hierarchy:
     """The views of the top dataset and of every subdataset the update has looked at."""
 
-    def __init__(self, ds, fmt: PathFormat) -> None:
+    def __init__(self, ds, fmt: PathFormat, install: bool = True) -> None:
+        """`install` False (a dry run): a registered subdataset that is not installed is
+        looked at as absent, not installed."""
         self._ds = ds
+        self._install = install
         self._fmt = fmt
         self.top = Path(ds.path)
         self._views: dict[str, DatasetView] = {}
@@ -65,7 +68,7 @@ class Hierarchy:
         exists = relpath == "" or (path / ".git").exists()
         if relpath:
             parent = self.view(self.parent_of(relpath))
-            if not exists and self.inner_path(relpath) in parent.tree.gitlinks:
+            if not exists and self._install and self.inner_path(relpath) in parent.tree.gitlinks:
                 self._ds.get(str(path), get_data=False, result_renderer="disabled",
                              result_xfm=None, on_failure="ignore", return_type="list")
                 exists = (path / ".git").exists()
