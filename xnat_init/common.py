@@ -41,11 +41,13 @@ def filter_params(for_update: bool = False) -> dict[str, Parameter]:
             constraints=EnsureStr() | EnsureNone()),
         subject=Parameter(
             args=("-s", "--subject"), metavar="SUBJECT", action="append",
-            doc="only this subject (ID or label); repeat for several." + override,
+            doc="only this subject (ID or label, or a shell-style pattern such as 'SUBJ0*'); "
+                "repeat for several." + override,
             constraints=EnsureStr() | EnsureNone()),
         experiment=Parameter(
             args=("-e", "--experiment"), metavar="EXPERIMENT", action="append",
-            doc="only this experiment/session (ID or label); repeat for several." + override,
+            doc="only this experiment/session (ID or label, or a pattern such as '*_MR1'); "
+                "repeat for several." + override,
             constraints=EnsureStr() | EnsureNone()),
         collection=Parameter(
             args=("-c", "--collection"), metavar="LABEL", action="append",

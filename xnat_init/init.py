@@ -263,21 +263,24 @@ def _missing_filter(client, base_url: str, project: str, subjects: list[str],
     readable sends the user to ask for access instead of fixing a label. Lists the subject
     listing even without -s: a project whose data is not readable raises PermissionDeniedError.
     """
-    from git_annex_remote_xnat.client.listings import unknown_names
+    from git_annex_remote_xnat.client.listings import matches, some_names, unknown_names
 
     listed = client.subjects(project)
-    chosen = {s.id for s in listed if s.id in subjects or s.label in subjects}
-    missing = ", ".join(unknown_names(subjects, [(s.id, s.label) for s in listed]))
+    chosen = {s.id for s in listed if matches(subjects, s.id, s.label)}
+    known = [(s.id, s.label) for s in listed]
+    missing = ", ".join(unknown_names(subjects, known))
     if missing:
-        return (f"project {project} has no subject {missing} (ID or label); "
-                f"`datalad xnat-query-files {base_url} -p {project}` lists its subjects")
+        return (f"project {project} has no subject {missing} (ID, label or pattern; its "
+                f"subjects: {some_names(known)}); `datalad xnat-query-files {base_url} -p "
+                f"{project}` lists them all")
     if not experiments:
         return ""
-    missing = ", ".join(unknown_names(experiments, [(e.id, e.label)
-                                                    for e in client.experiments(project)
-                                                    if not subjects or e.subject_id in chosen]))
+    known = [(e.id, e.label) for e in client.experiments(project)
+             if not subjects or e.subject_id in chosen]
+    missing = ", ".join(unknown_names(experiments, known))
     if missing:
-        return (f"project {project} has no experiment {missing} (ID or label)"
+        return (f"project {project} has no experiment {missing} (ID, label or pattern; "
+                f"its experiments: {some_names(known)})"
                 + (f" for subject {', '.join(subjects)}" if subjects else "")
                 + f"; `datalad xnat-query-files {base_url} -p {project} -s SUBJECT` lists a "
                 "subject's files with their experiments")

@@ -82,18 +82,18 @@ class Enumeration:
         subject_filter = bool(subject_names)
         subjects = {s.id: s for s in listings.subjects(session, project)}
         if subject_filter:
-            subjects = {sid: s for sid, s in subjects.items()
-                        if sid in subject_names or s.label in subject_names}
             _require_all(subject_names, [(sid, s.label) for sid, s in subjects.items()],
-                         f"project {project} has no subject")
+                         f"project {project} has no subject", "subjects")
+            subjects = {sid: s for sid, s in subjects.items()
+                        if listings.matches(subject_names, sid, s.label)}
         sessions = [e for e in self._unique_experiments(project)
                     if e.subject_id in subjects or (not e.subject_id and not subject_filter)]
         if experiment_names:
-            sessions = [e for e in sessions
-                        if e.id in experiment_names or e.label in experiment_names]
             _require_all(experiment_names, [(e.id, e.label) for e in sessions],
-                         f"project {project} has no experiment",
-                         f" for subject {', '.join(subject_names)}" if subject_filter else "")
+                         f"project {project} has no experiment"
+                         + (f" for subject {', '.join(subject_names)}" if subject_filter else ""),
+                         "experiments")
+            sessions = [e for e in sessions if listings.matches(experiment_names, e.id, e.label)]
 
         if walk is not None:
             walk.subjects.update(subjects)
@@ -348,10 +348,12 @@ def _names(value: Iterable[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _require_all(names: list[str], found: list[tuple[str, str]], what: str,
-                 where: str = "") -> None:
-    """NotFoundError naming each of `names` that none of `found` has: a mistyped one among
-    several would otherwise narrow the selection without a word."""
-    missing = listings.unknown_names(names, found)
+def _require_all(names: list[str], known: list[tuple[str, str]], what: str,
+                 kind: str) -> None:
+    """NotFoundError naming each of `names` (patterns) that matches none of `known`, and some
+    of what there is: a mistyped one among several would otherwise narrow the selection
+    without a word."""
+    missing = listings.unknown_names(names, known)
     if missing:
-        raise NotFoundError(f"{what} {', '.join(missing)}{where}")
+        raise NotFoundError(f"{what} {', '.join(missing)} (its {kind}: "
+                            f"{listings.some_names(known)})")

@@ -11,6 +11,7 @@ import calendar
 import re
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Iterable, TypeVar
 from urllib.parse import quote, unquote
 
@@ -226,10 +227,24 @@ def files(session: Session, rest_path: str) -> list[RemoteFile]:
     return [RemoteFile.from_row(row) for row in session.iter_rows(rest_path)]
 
 
+def matches(patterns: Iterable[str], *values: str) -> bool:
+    """Whether one of `values` (an ID, a label) matches one of the shell-style `patterns`
+    (`SUBJ0*`, `*_MR?`); a name without `*`, `?` or `[` matches only itself. Case-sensitive,
+    as XNAT's labels are."""
+    return any(fnmatchcase(value, pattern) for pattern in patterns for value in values if value)
+
+
 def unknown_names(names: Iterable[str], known: Iterable[tuple[str, str]]) -> list[str]:
-    """The `names` that are neither the ID nor the label of any (ID, label) pair in `known`."""
-    seen = {name for pair in known for name in pair}
-    return [name for name in names if name not in seen]
+    """The `names` (patterns) that match neither the ID nor the label of any (ID, label) pair
+    in `known`."""
+    known = list(known)
+    return [name for name in names if not any(matches([name], *pair) for pair in known)]
+
+
+def some_names(known: Iterable[tuple[str, str]], limit: int = 10) -> str:
+    """A few of the labels of `known`, for a message that says what does exist."""
+    labels = sorted({label or rid for rid, label in known})
+    return ", ".join(labels[:limit]) + (" ..." if len(labels) > limit else "") or "none"
 
 
 @dataclass(frozen=True)
