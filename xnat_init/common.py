@@ -54,6 +54,16 @@ def filter_params(for_update: bool = False) -> dict[str, Parameter]:
             doc="only resources with this label (DICOM, NIFTI, ...); repeat for several."
                 + override,
             constraints=EnsureStr() | EnsureNone()),
+        scan_type=Parameter(
+            args=("--scan-type",), metavar="PATTERN", action="append",
+            doc="only scans whose type matches this shell-style pattern ('T1*', case-"
+                "sensitive); only scan files are then tracked; repeat for several." + override,
+            constraints=EnsureStr() | EnsureNone()),
+        quality=Parameter(
+            args=("--quality",), metavar="QUALITY", action="append",
+            doc="only scans of this quality ('usable'; a pattern too); only scan files are "
+                "then tracked; repeat for several." + override,
+            constraints=EnsureStr() | EnsureNone()),
         credential=Parameter(
             args=("--credential",), metavar="NAME",
             doc="name of the credential to use (looked up in DATALAD_CREDENTIAL_<NAME>_USER/"
@@ -75,6 +85,17 @@ def warn_unmatched_collections(collections: list[str], labels: set[str]) -> list
                     "labels: %s (labels are case-sensitive)", ", ".join(unknown),
                     (", ".join(seen[:20]) + (" ..." if len(seen) > 20 else "")) or "none")
     return unknown
+
+
+def scan_selected(record, scan_types: list[str], qualities: list[str]) -> bool:
+    """Whether a listed file (a FileRecord) is in the --scan-type/--quality selection: every
+    file when neither is given; else only scan files whose type and quality match."""
+    from git_annex_remote_xnat.client.listings import matches
+
+    if not scan_types and not qualities:
+        return True
+    return record.level == "scan" and (not scan_types or matches(scan_types, record.scan_type)) \
+        and (not qualities or matches(qualities, record.quality))
 
 
 def is_terminal() -> bool:

@@ -64,17 +64,22 @@ class XnatConfig:
     subjects: list[str] = field(default_factory=list)
     experiments: list[str] = field(default_factory=list)
     collections: list[str] = field(default_factory=list)
+    scan_types: list[str] = field(default_factory=list)   # patterns (--scan-type)
+    qualities: list[str] = field(default_factory=list)    # patterns (--quality)
 
     @property
     def remote(self) -> str:
         return remote_name(self.name)
 
     def as_items(self) -> list[tuple[str, str]]:
-        """(key, value) pairs in file order; `subject`, `experiment` and `collection` repeat."""
+        """(key, value) pairs in file order; `subject`, `experiment`, `collection`,
+        `scan-type` and `quality` repeat."""
         items = [("url", self.url), ("project", self.project)]
         items += [("subject", s) for s in self.subjects]
         items += [("experiment", e) for e in self.experiments]
         items += [("collection", c) for c in self.collections]
+        items += [("scan-type", t) for t in self.scan_types]
+        items += [("quality", q) for q in self.qualities]
         items += [("pathfmt", self.pathfmt), ("credential-name", self.credential),
                   ("remote", self.remote)]
         return items
@@ -121,7 +126,8 @@ def read_config(dataset_path: Path, name: str) -> XnatConfig | None:
                       pathfmt=pathfmt or DEFAULT_PATHFMT,
                       credential=one("credential-name") or "",
                       subjects=every("subject"), experiments=every("experiment"),
-                      collections=collections)
+                      collections=collections, scan_types=every("scan-type"),
+                      qualities=every("quality"))
 
 
 def _adopted_from_datalad_xnat(path: str, collections: list[str]) -> tuple[str, list[str]]:

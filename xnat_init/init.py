@@ -52,7 +52,7 @@ class XnatInit(Interface):
 
     Logs in to the server once, checks that the project (and subject or experiment, when given)
     exists and is readable, and then writes the section ``[datalad "xnat.<name>"]`` of
-    ``.datalad/config`` (url, project, subject, experiment, collection, pathfmt,
+    ``.datalad/config`` (url, project, subject, experiment, collection, scan-type, quality, pathfmt,
     credential-name, remote), a DataLad provider file ``.datalad/providers/xnat-<name>.cfg``,
     and initialises the git-annex special remote (``xnat`` for the instance ``default``, else
     ``xnat-<name>``; ``type=external externaltype=xnat encryption=none autoenable=true``, so
@@ -106,12 +106,13 @@ class XnatInit(Interface):
     @eval_results
     def __call__(url, *, dataset=None, pathfmt=None, project=None, subject=None,
                  experiment=None, collection=None, credential=None, force=False,
-                 interactive=False, name=None):
+                 interactive=False, name=None, scan_type=None, quality=None):
         ds = require_dataset(dataset, check_installed=True, purpose="initialise XNAT tracking")
         name = name or DEFAULT_NAME
         pathfmt = pathfmt or DEFAULT_PATHFMT
         subjects, experiments = ensure_list(subject), ensure_list(experiment)
         collections = ensure_list(collection)
+        selection = dict(scan_types=ensure_list(scan_type), qualities=ensure_list(quality))
 
         def failure(message, status="error", **kwargs):
             return get_status_dict(action=ACTION, ds=ds, status=status, message=message,
@@ -134,7 +135,7 @@ class XnatInit(Interface):
             asked = XnatConfig(name=name, url=base_url, project=project or existing.project,
                                pathfmt=pathfmt, credential=credential or existing.credential,
                                subjects=subjects, experiments=experiments,
-                               collections=collections)
+                               collections=collections, **selection)
             changed = changed_settings(existing, asked)
             another = "" if name != DEFAULT_NAME else ", or --name NAME to track another one"
             if changed:
@@ -207,7 +208,7 @@ class XnatInit(Interface):
 
         config = XnatConfig(name=name, url=base_url, project=project, pathfmt=pathfmt,
                             credential=credential_name, subjects=subjects,
-                            experiments=experiments, collections=collections)
+                            experiments=experiments, collections=collections, **selection)
         try:
             configure_dataset(ds.pathobj, config, reinit=existing is not None)
         except (ConfigError, subprocess.CalledProcessError, RuntimeError) as exc:
@@ -246,6 +247,7 @@ def changed_settings(existing: XnatConfig, asked: XnatConfig) -> list[str]:
     changed = []
     for label, key in (("url", "url"), ("project", "project"), ("subject", "subjects"),
                        ("experiment", "experiments"), ("collection", "collections"),
+                       ("scan-type", "scan_types"), ("quality", "qualities"),
                        ("pathfmt", "pathfmt"), ("credential", "credential")):
         old, new = getattr(existing, key), getattr(asked, key)
         if isinstance(old, list):

@@ -15,7 +15,7 @@ from git_annex_remote_xnat.urls import XnatUrlError, file_url, masked_url, norma
 
 from git_annex_remote_xnat.messages import one_line
 
-from .common import filter_params, log_in, warn_unmatched_collections
+from .common import filter_params, log_in, scan_selected, warn_unmatched_collections
 
 lgr = logging.getLogger("datalad.xnat.query")
 ACTION = "xnat_query"
@@ -50,7 +50,7 @@ class XnatQueryFiles(Interface):
     @staticmethod
     @eval_results
     def __call__(url, *, project=None, subject=None, experiment=None, collection=None,
-                 credential=None):
+                 credential=None, scan_type=None, quality=None):
         def failure(message):
             # the URL as given may hold a password (refused below): never shown
             return get_status_dict(action=ACTION, path=masked_url(url), status="error",
@@ -61,8 +61,10 @@ class XnatQueryFiles(Interface):
         except XnatUrlError as exc:
             yield failure(str(exc))
             return
-        if (subject or experiment or collection) and not project:
-            yield failure("--subject, --experiment and --collection need --project")
+        scan_types, qualities = ensure_list(scan_type), ensure_list(quality)
+        if (subject or experiment or collection or scan_types or qualities) and not project:
+            yield failure("--subject, --experiment, --collection, --scan-type and --quality "
+                          "need --project")
             return
         logged_in = log_in(credential, base_url, None, may_prompt=True)
         if logged_in.client is None:
@@ -83,7 +85,7 @@ class XnatQueryFiles(Interface):
                                               name=p.name, description=p.description,
                                               message=p.id + (f" ({p.name})" if p.name else ""))
                     return
-                if not subject and not experiment:
+                if not subject and not experiment and not scan_types and not qualities:
                     client.project(project)
                     for s in client.subjects(project):
                         yield get_status_dict(action=ACTION, path=f"{base_url}{s.uri}",
@@ -96,6 +98,8 @@ class XnatQueryFiles(Interface):
                                                 experiments=ensure_list(experiment),
                                                 resources=ensure_list(collection) or None,
                                                 jobs=4, walk=walk):
+                    if not scan_selected(record, scan_types, qualities):
+                        continue
                     xnat_url = file_url(base_url, record)
                     rest = _rest_path(xnat_url, base_url)
                     yield get_status_dict(

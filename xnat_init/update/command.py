@@ -115,7 +115,8 @@ class XnatUpdate(Interface):
     @eval_results
     def __call__(*, dataset=None, force=False, reckless=None, ifexists=None, jobs=None,
                  name=None, remove_gone=False, project=None, subject=None, experiment=None,
-                 collection=None, credential=None, dry_run=False):
+                 collection=None, credential=None, dry_run=False, scan_type=None,
+                 quality=None):
         ds = require_dataset(dataset, check_installed=True, purpose="update from XNAT")
         if isinstance(jobs, int) and jobs < 1:
             yield get_status_dict(action=ACTION, ds=ds, status="error", logger=lgr,
@@ -141,6 +142,8 @@ class XnatUpdate(Interface):
             subjects=ensure_list(subject) or list(config.subjects),
             experiments=ensure_list(experiment) or list(config.experiments),
             collections=ensure_list(collection) or list(config.collections),
+            scan_types=ensure_list(scan_type) or list(config.scan_types),
+            qualities=ensure_list(quality) or list(config.qualities),
             credential=credential or config.credential, force=force,
             fast=reckless == "fast", ifexists=ifexists or "overwrite",
             jobs=None if jobs == "auto" else jobs, remove_gone=remove_gone, dry_run=dry_run)
@@ -154,6 +157,8 @@ class UpdateOptions:
     subjects: list[str]
     experiments: list[str]
     collections: list[str]
+    scan_types: list[str]
+    qualities: list[str]
     credential: str
     force: bool
     fast: bool
@@ -282,7 +287,7 @@ class Update:
                     fetcher.listed(plan)
                 yield from self.report_planned(plan, fmt)
                 if self.options.dry_run:
-                    yield from self.report_dry_run(plan, planner.scope.walk)
+                    yield from self.report_dry_run(plan, planner.scope)
                     return
                 commits = Writer(hierarchy, self.config, journal).write(plan)
             except BaseException as exc:
@@ -295,7 +300,7 @@ class Update:
             fetched = Fetched()
             if fetcher is not None:
                 yield from self.fetch(fetcher, plan, hierarchy, fetched)
-            yield self.report(plan, fetched, commits, planner.scope.walk)
+            yield self.report(plan, fetched, commits, planner.scope)
         finally:
             client.close()
             if planner is not None:
@@ -309,7 +314,7 @@ class Update:
     def planner(self, hierarchy: Hierarchy, fmt: PathFormat, fetcher: Fetcher | None) -> Planner:
         options = self.options
         scope = Scope(self.config.url, options.project, options.subjects, options.experiments,
-                      options.collections, Walk())
+                      options.collections, Walk(), options.scan_types, options.qualities)
         plan_options = PlanOptions(force=options.force, skip_changed=options.ifexists == "skip",
                                    fetch=not options.fast, remove_gone=options.remove_gone)
         # a dry run of the default mode counts the files it would fetch (keys without a
@@ -422,7 +427,7 @@ class Update:
         return ("removed: gone from the server" if self.options.remove_gone
                 else "gone from the server (kept; --remove-gone removes it)")
 
-    def report_dry_run(self, plan: Plan, walk: Walk) -> Iterator[dict]:
+    def report_dry_run(self, plan: Plan, scope: Scope) -> Iterator[dict]:
         """One record per dataset the update would touch, then the summary: what it would add,
         change, call gone and fetch (files and bytes)."""
         fetching = []
@@ -439,11 +444,13 @@ class Update:
         total = plan.totals
         files = sum(f for f, _ in fetching)
         size = sum(b for _, b in fetching)
-        failed = len(plan.failures)
-        unknown = warn_unmatched_collections(self.options.collections, walk.resources)
+        unknown = warn_unmatched_collections(self.options.collections, scope.walk.resources)
+        unselected = self.nothing_selected(scope, total)
+        failed = len(plan.failures) + len(unselected)
         yield self.result(
             "error" if failed else "ok", f"{self.config.project} (dry run, nothing written): "
-            + summary(total, Fetched(), failed, would=(files, size)),
+            + summary(total, Fetched(), failed, would=(files, size))
+            + "".join(f"; {line}" for line in unselected),
             type="dataset", dry_run=True, xnat_project=self.config.project,
             xnat_url=self.config.url, added=total.added, changed=total.changed,
             unchanged=total.unchanged, skipped=total.skipped, gone=total.gone,
@@ -459,16 +466,27 @@ class Update:
         keys = {entry.key for entry in change_set.entries.wanted_entries()}
         return len(keys), sum(key_size(key) or 0 for key in keys)
 
-    def report(self, plan: Plan, fetched: Fetched, commits: int, walk: Walk) -> dict:
+    def nothing_selected(self, scope: Scope, total: Counts) -> list[str]:
+        """The --scan-type/--quality patterns that matched no scan: warned about, and errors
+        when the selection as a whole took no file (it must not pass as "ok, 0 added")."""
+        lines = scope.unmatched()
+        if total.added + total.changed + total.unchanged + total.skipped:
+            for line in lines:
+                lgr.warning("%s", line)
+            return []
+        return lines
+
+    def report(self, plan: Plan, fetched: Fetched, commits: int, scope: Scope) -> dict:
         total = plan.totals
-        failed = len(plan.failures) + fetched.failed
         # the update did what it was asked (ok); a mistyped label must still not pass unseen
-        unknown = warn_unmatched_collections(self.options.collections, walk.resources)
+        unknown = warn_unmatched_collections(self.options.collections, scope.walk.resources)
+        unselected = self.nothing_selected(scope, total)
+        failed = len(plan.failures) + fetched.failed + len(unselected)
         # "ok" even when nothing changed: DataLad's renderer hides notneeded results, and the
         # summary is what users look for ("commits": 0 says nothing changed).
         return self.result(
             "error" if failed else "ok", f"{self.config.project}: "
-            + summary(total, fetched, failed),
+            + summary(total, fetched, failed) + "".join(f"; {line}" for line in unselected),
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
             skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,

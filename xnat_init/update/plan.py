@@ -24,6 +24,7 @@ a VURL key instead (keyed_by_url), which git-annex verifies from the first downl
 from __future__ import annotations
 
 import tempfile
+from fnmatch import fnmatchcase
 from array import array
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -33,6 +34,7 @@ from git_annex_remote_xnat.keys import is_vurl_key, key_size, md5e_key, vurl_key
 from git_annex_remote_xnat.records import FileRecord
 from git_annex_remote_xnat.urls import FileLocation, parse_file_url
 
+from ..common import scan_selected
 from ..layout import (
     CollisionTracker,
     LayoutError,
@@ -131,13 +133,45 @@ class Scope:
     enumeration): the selected ones, also when a filter named them by label."""
 
     def __init__(self, base_url: str, project: str, subjects: list[str],
-                 experiments: list[str], collections: list[str], walk: Walk) -> None:
+                 experiments: list[str], collections: list[str], walk: Walk,
+                 scan_types: list[str] | None = None, qualities: list[str] | None = None
+                 ) -> None:
         self.base_url = base_url
         self.project = project
         self.subjects = subjects
         self.experiments = experiments
         self.collections = collections
         self.walk = walk
+        self.scan_types = scan_types or []
+        self.qualities = qualities or []
+        self.scans_seen: dict[str, set[str]] = {"scan type": set(), "quality": set()}
+        self.patterns_matched: set[str] = set()
+
+    def takes(self, record: FileRecord) -> bool:
+        """Whether a listed file is selected by --scan-type and --quality (every file when
+        neither is given; only scan files when one is). A listed file that is not selected
+        is still listed: the tracked file it names is not gone, it is left as it is."""
+        if record.level == "scan":
+            for what, patterns, value in (("scan type", self.scan_types, record.scan_type),
+                                          ("quality", self.qualities, record.quality)):
+                if patterns:
+                    self.scans_seen[what].add(value)
+                    self.patterns_matched.update(f"{what} {p}" for p in patterns
+                                                 if fnmatchcase(value, p))
+        return scan_selected(record, self.scan_types, self.qualities)
+
+    def unmatched(self) -> list[str]:
+        """One line per --scan-type or --quality pattern that matched no listed scan, with
+        what the listing had."""
+        lines = []
+        for what, patterns in (("scan type", self.scan_types), ("quality", self.qualities)):
+            missed = [p for p in patterns if f"{what} {p}" not in self.patterns_matched]
+            if missed:
+                seen = sorted(v or "(none)" for v in self.scans_seen[what])
+                lines.append(f"{what} {', '.join(missed)} matched no scan; the scans listed "
+                             f"have: {', '.join(seen[:20]) or 'none'}"
+                             + (" ..." if len(seen) > 20 else ""))
+        return lines
 
     def location(self, url: str) -> FileLocation | None:
         """What `url` names when it is inside the scope, else None."""
@@ -208,6 +242,8 @@ class Planner:
     def add(self, record: FileRecord, url: str) -> None:
         """One file the server lists, with its xnat: URL."""
         self._listed_urls.append(path_hash(url))
+        if not self.scope.takes(record):
+            return
         try:
             rendered = self.fmt.render(record)
         except LayoutError as exc:
