@@ -39,3 +39,43 @@ def test_subjects_and_sessions_by_pattern(xnat, alice, ds):
         problems = failures(records)
         assert problems and "no subject PAT*" in problems[0]["message"], records
         assert "SUBJ01" in problems[0]["message"] and "CTRL01" in problems[0]["message"]
+
+
+def scan_paths(xnat, project: str, keep) -> set[str]:
+    return {f"{f.subject_label}/{f.session_label}/{f.scan_id}/{f.path}"
+            for f in xnat.iter_files(project) if f.level == "scan" and keep(f)}
+
+
+def test_scan_type_and_quality_choose_scans(xnat, alice, ds):
+    t1 = scan_paths(xnat, "PUBLIC1", lambda f: f.scan_type.startswith("T1"))
+    every_scan = scan_paths(xnat, "PUBLIC1", lambda f: True)
+    assert t1 and every_scan > t1
+    assert not failures(init(ds, xnat.url, "-p", "PUBLIC1", "--scan-type", "T1*"))
+    assert "T1*" in run(["git", "config", "-f", ".datalad/config", "--get-all",
+                         "datalad.xnat.default.scan-type"], cwd=ds).stdout
+    assert update(ds, "--reckless", "fast")["added"] == len(t1)
+    assert tracked(ds) == t1
+
+    # a T1 scan rated unusable falls out of a narrower selection, and is not gone for that
+    rated = next(f for f in xnat.iter_files("PUBLIC1")
+                 if f.level == "scan" and f.scan_type.startswith("T1"))
+    xnat.set_scan(rated.session_label, rated.scan_id, quality="unusable", project="PUBLIC1")
+    summary = update(ds, "--reckless", "fast", "--remove-gone", "--quality", "usable")
+    assert (summary["added"], summary["gone"], summary["status"]) == (0, 0, "ok"), summary
+    assert tracked(ds) == t1
+    # widening adds the rest of the scans
+    summary = update(ds, "--reckless", "fast", "--scan-type", "*")
+    assert summary["added"] == len(every_scan - t1), summary
+    assert tracked(ds) == every_scan
+
+    # a selection that matches nothing says so, with what exists, and is not "ok, 0 added"
+    records = results("xnat-update", "--reckless", "fast", "--scan-type", "NOPE*", cwd=ds)
+    summary = [r for r in records if r.get("type") == "dataset" and "added" in r][-1]
+    assert summary["status"] == "error", summary
+    assert "scan type NOPE* matched no scan" in summary["message"], summary["message"]
+    assert "T1w" in summary["message"]
+    assert tracked(ds) == every_scan
+
+    listed = [r for r in results("xnat-query-files", xnat.url, "-p", "PUBLIC1",
+                                 "--scan-type", "DTI", cwd=ds) if r.get("type") == "xnat-file"]
+    assert listed and {r["scan_type"] for r in listed} == {"DTI"}
