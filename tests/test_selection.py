@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import run
-from tests.test_xnat_commands import alice, datalad, ds, init, results, update  # noqa: F401
+from tests.test_xnat_commands import alice, ds, init, results, update  # noqa: F401 (fixtures)
 
 
 def tracked(ds: Path) -> set[str]:
