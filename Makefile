@@ -1,8 +1,9 @@
-# Everything runs from .venv, which this Makefile creates and keeps in step with the pins.
+# Everything runs from .venv (VENV=DIR: another, e.g. one per Python), which this Makefile creates
+# and keeps in step with the pins.
 # git-annex comes from the PyPI `git-annex` wheel; git-annex finds git-annex-remote-xnat only on
 # PATH, so .venv/bin goes first on PATH for every recipe.
 PYTHON ?= python3
-VENV := $(CURDIR)/.venv
+VENV ?= $(CURDIR)/.venv
 STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -22,7 +23,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	bash scripts/demo.sh
+	PY=$(VENV)/bin/python bash scripts/demo.sh
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)

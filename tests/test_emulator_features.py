@@ -79,8 +79,12 @@ def test_truncated_and_corrupt_downloads(xnat):
     with pytest.raises(http.client.IncompleteRead):
         resp.read()
     conn.close()
-    with pytest.raises(requests.exceptions.RequestException):
-        requests.get(uri, auth=ALICE)
+    try:
+        short = requests.get(uri, auth=ALICE)
+    except requests.exceptions.RequestException:
+        pass  # urllib3 2 holds the body to its Content-Length
+    else:  # urllib3 1.26 (Python < 3.10, where botocore caps it) ends it quietly, short
+        assert len(short.content) < len(good)
     xnat.faults.clear()
     xnat.faults.corrupt_downloads = True
     bad = requests.get(uri, auth=ALICE)

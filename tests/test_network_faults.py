@@ -123,6 +123,25 @@ def test_untrusted_certificate_is_one_clear_line_and_a_ca_bundle_fixes_it(
     assert (ds / mat).exists()
 
 
+def test_a_trusted_certificate_for_another_host_is_refused(emulator_factory, monkeypatch,
+                                                          tmp_path):
+    """Trusting the CA is not enough: the certificate must name the host. (With urllib3 1.26
+    the client leaves that check to urllib3 instead of ssl.)"""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("xnat.example.org").configure_cert(context)
+    emu = emulator_factory(require_login=True, tls=context)
+    for var in TRUST_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+    closed_site_user(monkeypatch)
+    records = results("xnat-query-files", emu.url)
+    assert [r["status"] for r in records] == ["error"], records
+    assert "127.0.0.1" in records[0]["message"] and "TLS" in records[0]["message"], records
+
+
 # ----------------------------------------------------------------- 3: redirects to another host
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -239,6 +240,31 @@ def test_credential_from_keyring(xnat, ds):
     assert records[-1]["status"] == "ok", records
     summary = update(ds, "--reckless", "fast", "-e", "SUBJ02_MR1", "-c", "DICOM")
     assert summary["added"] > 0 and summary["failed"] == 0
+
+
+def test_with_datalad_next_loaded_and_its_credential(xnat, tmp_path, monkeypatch):
+    """datalad-next, once loaded (`datalad.extensions.load`), patches DataLad's core (annex
+    calls, credentials, result handling): init, update and get still work, and a credential
+    its `datalad credentials set` stored (user in git config, `secret` in the keyring) is used."""
+    monkeypatch.setenv("DATALAD_EXTENSIONS_LOAD", "next")
+    loaded = run([sys.executable, "-c",
+                  "import sys, datalad.coreapi; print('datalad_next' in sys.modules)"])
+    assert loaded.stdout.strip() == "True"  # the setting took effect: next is loaded
+    datalad("credentials", "set", "emu", "user=alice", "secret=alice-pass")
+    ds = tmp_path / "ds"
+    datalad("create", str(ds))
+    records = init(ds, xnat.url, "-p", "PUBLIC1", "-s", "SUBJ01", "--credential", "emu")
+    assert [r["status"] for r in records] == ["ok"], records
+    summary = update(ds, "--reckless", "fast")
+    assert summary["status"] == "ok" and summary["added"] > 0 and summary["failed"] == 0
+    mat = "SUBJ01/SUBJ01_MR1/BOLD_1/bold xfm+run #1.mat"
+    datalad("get", mat, cwd=ds)  # through the special remote
+    info = next(f for f in xnat.iter_files("PUBLIC1") if f.path == "bold xfm+run #1.mat")
+    assert (ds / mat).read_bytes() == info.content()
+    summary = update(ds, "-J", "2")  # the default mode fetches the rest with its own client
+    assert summary["status"] == "ok" and summary["fetched"] > 0 and summary["failed"] == 0
+    assert run(["git", "annex", "find", "--not", "--in", "here"], cwd=ds).stdout == ""
+    assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
 
 
 # ----------------------------------------------------------------------------------- update

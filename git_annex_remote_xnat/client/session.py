@@ -65,6 +65,8 @@ UNREACHABLE_AFTER = 3  # requests in a row without an HTTP answer before the ser
 LISTING_CHUNK = 1 << 16
 MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whatever follows
 DRAIN_BYTES = 1 << 20  # what is read of an answer about to be retried, so its connection stays
+BACKOFF_MAX = 10.0  # seconds: the longest wait between two tries
+_URLLIB3_1 = urllib3.__version__.startswith("1.")  # 1.26: botocore's cap on Python < 3.10
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
 # XNAT's alias tokens are UUIDs, user names never are (xnatpy tells them apart the same way)
@@ -90,18 +92,45 @@ class _BoundedResponse(urllib3.HTTPResponse):
                 if not chunk:
                     return
                 left -= len(chunk)
-            self.shutdown()  # the rest is not worth reading: this connection is not reused
+            # the rest is not worth reading: this connection is not reused
+            # (urllib3 < 2.3 has no shutdown(); closing drops the connection there too)
+            getattr(self, "shutdown", self.close)()
         except (_TransportError, OSError):
             pass
         finally:
             self.release_conn()
 
+    if _URLLIB3_1:
+        # urllib3 1.26 (what botocore allows on Python < 3.10) has no read1: its read(amt)
+        # waits for `amt` bytes, and a connection failing meanwhile loses those it had.
+        _read_once = False  # set: `_fp_read` returns what one read of the socket gave
+
+        def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+            """At most `amt` bytes of the body as they arrive; b"" at its end."""
+            self._read_once = True
+            try:
+                while True:  # a decoder may take a read's bytes without giving any out yet
+                    data = self.read(amt, decode_content=decode_content)
+                    if data or self.isclosed():
+                        return data or b""
+            finally:
+                self._read_once = False
+
+        def _fp_read(self, amt: int | None) -> bytes:  # type: ignore[override]
+            if self._read_once and amt:
+                return self._fp.read1(amt)
+            return super()._fp_read(amt)
+
 
 def _with_bounded_drains(manager: urllib3.PoolManager) -> urllib3.PoolManager:
     """`manager`, its connections (whatever their kind: plain, TLS, SOCKS) answering with
     `_BoundedResponse`. urllib3 2 builds the response in the connection, so that is where the
-    class is chosen; `_BoundedResponse` adds no state, only the bounded drain."""
+    class is chosen; `_BoundedResponse` adds no state, only the bounded drain. urllib3 1.26
+    builds it in the pool, from the pool's `ResponseCls`."""
     def bounded(pool_cls: type) -> type:
+        if _URLLIB3_1:
+            return type(pool_cls.__name__, (pool_cls,), {"ResponseCls": _BoundedResponse})
+
         def getresponse(self):  # type: ignore[no-untyped-def]
             response = super(connection_cls, self).getresponse()
             response.__class__ = _BoundedResponse
@@ -116,7 +145,11 @@ def _with_bounded_drains(manager: urllib3.PoolManager) -> urllib3.PoolManager:
 
 
 class _Retry(Retry):
-    """urllib3's Retry, with Retry-After capped so a confused server cannot stall us for hours."""
+    """urllib3's Retry, with Retry-After capped so a confused server cannot stall us for hours,
+    and the backoff capped at `BACKOFF_MAX` (here, as urllib3 1.26 takes no `backoff_max`)."""
+
+    def get_backoff_time(self) -> float:
+        return min(BACKOFF_MAX, super().get_backoff_time())
 
     def get_retry_after(self, response):  # type: ignore[override]
         value = super().get_retry_after(response)
@@ -132,7 +165,7 @@ def _retry_policy(retries: int, backoff_factor: float, methods: frozenset[str] =
     # seconds, not minutes; transient answers (408/429/5xx) get the full count.
     return _Retry(
         total=retries, connect=min(retries, 3), read=min(retries, 2), status=retries, other=0,
-        backoff_factor=backoff_factor, backoff_max=10,
+        backoff_factor=backoff_factor,
         status_forcelist=RETRY_STATUSES, allowed_methods=methods,
         respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
     )
@@ -192,7 +225,13 @@ def _pool_manager(base_url: str, pool_size: int) -> urllib3.PoolManager:
     """
     tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
     if urlsplit(base_url).scheme == "https":
-        tls["ssl_context"] = _tls_context()
+        context = _tls_context()
+        if _URLLIB3_1:
+            # urllib3 1.26 passes ssl no server_hostname for an IP address, so ssl's own check
+            # refuses to connect ("check_hostname requires server_hostname"); with it off,
+            # urllib3 1.26 matches the certificate to the host itself, IP addresses included.
+            context.check_hostname = False
+        tls["ssl_context"] = context
     pools = {"num_pools": 4, "maxsize": pool_size, **tls}
     parts = urlsplit(base_url)
     proxies = urllib.request.getproxies()
@@ -466,7 +505,9 @@ class Session:
             raw = self._pools.urlopen(
                 method, url, headers=sent, retries=retry or self._retry, redirect=True,
                 timeout=self._timeout if timeout is None else _timeout(timeout),
-                preload_content=not stream, decode_content=True)
+                preload_content=not stream, decode_content=True,
+                # urllib3 2's default; 1.26 would end a body shorter than announced quietly
+                enforce_content_length=True)
         except _TransportError as exc:
             error = _transport_error(exc, method, url)
             self._count(error)
