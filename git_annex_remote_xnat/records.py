@@ -18,7 +18,9 @@ class FileRecord:
 
     Fields a level does not have are empty ('' ): a session resource's file has no scan, a
     project resource's file no subject or session; only an assessor's (an image assessor of
-    the session: QC, segmentations, processed data) has the assessor fields.
+    the session: QC, segmentations, processed data) has the assessor fields. The fields after
+    them come from listings the enumeration reads anyway (a session's scans, the project's
+    experiments), so they cost no request.
     """
 
     project: str
@@ -35,6 +37,12 @@ class FileRecord:
     md5: str | None     # lower-case hex digest as XNAT publishes it; None when it has none
     assessor_id: str = ""
     assessor_label: str = ""
+    # what XNAT's listings say of the scan and the session besides their IDs and labels (the
+    # dataset's git-annex metadata and tables carry them); '' where a level has none
+    series_description: str = ""
+    quality: str = ""              # usable, questionable, unusable, ... as the server has it
+    session_date: str = ""         # the session's date (YYYY-MM-DD)
+    session_xsi_type: str = ""     # the session's data type, e.g. xnat:mrSessionData
 
     @property
     def name(self) -> str:

@@ -71,6 +71,11 @@ def test_enumeration_covers_every_level_with_few_requests(xnat):
     mat = by_path[("XNAT_E00001", "BOLD_1", "MAT", "bold xfm+run #1.mat")]
     assert (mat.size, mat.scan_type, mat.subject_label, mat.session_label) == (
         405, "bold", "SUBJ01", "SUBJ01_MR1")
+    # what the scans and experiments listings say besides, for the metadata: no request more
+    assert (mat.series_description, mat.quality, mat.session_date, mat.session_xsi_type) == (
+        "BOLD resting state", "usable", "2024-01-15", "xnat:mrSessionData")
+    assert {(r.session_date, r.session_xsi_type) for r in qc} == {
+        ("2024-01-15", "xnat:mrSessionData")}
     assert by_path[("XNAT_E00001", "BOLD_1", "MAT", "motion.par")].md5 is None
     assert ("XNAT_E00001", "", "BIDS", "sub-01/anat/sub-01_T1w.nii.gz") in by_path
     assert any(r.level == "project" and r.path == "scanner/settings.json" for r in records)

@@ -352,6 +352,30 @@ class Emulator:
         with self.site.lock:
             e.scans = [x for x in e.scans if x is not sc]
 
+    def set_scan(self, session: str, scan: str, *, type: str | None = None,
+                 series_description: str | None = None, quality: str | None = None,
+                 project: str | None = None) -> None:
+        """Change what the scans listing says of a scan (a type corrected, a quality rated),
+        as a user of XNAT's web pages does; None leaves a value as it is."""
+        sc = self._experiment(session, project).scan(scan)
+        if sc is None:
+            raise KeyError(f"no scan {scan} in {session}")
+        with self.site.lock:
+            for name, value in (("type", type), ("series_description", series_description),
+                                ("quality", quality)):
+                if value is not None:
+                    setattr(sc, name, value)
+
+    def set_session(self, session: str, *, date: str | None = None,
+                    xsi_type: str | None = None, project: str | None = None) -> None:
+        """Change a session's date or data type; None leaves a value as it is."""
+        e = self._experiment(session, project)
+        with self.site.lock:
+            if date is not None:
+                e.date = date
+            if xsi_type is not None:
+                e.xsi_type = xsi_type
+
     def delete_resource(self, resource: str, *, project: str | None = None,
                         subject: str | None = None, session: str | None = None,
                         scan: str | None = None, assessor: str | None = None) -> None:

@@ -64,8 +64,9 @@ class Enumeration:
 
         Requests: the subjects and the experiments listing; per session one `scans/ALL/files`
         listing (every scan's files at once); per ID_BATCH sessions one `scans` listing (scan
-        types), one `files` listing (session resources) and one `assessors` listing, using
-        XNAT's comma lists of IDs; per image assessor one `files` listing;
+        types, series descriptions, quality), one `files` listing (session resources) and one
+        `assessors` listing, using XNAT's comma lists of IDs; per image assessor one `files`
+        listing;
         one project `files` listing; subject resources per ID_BATCH subjects, or per subject
         when the server refuses comma lists there. A server that refuses a comma list gets one
         request per ID instead. `jobs` requests run at a time; memory stays bounded.
@@ -143,7 +144,7 @@ class Enumeration:
                 if n not in batch_data:
                     ids = batches[n]
                     batch_data[n] = _SessionBatch(
-                        self._scan_types(ids) if need_types else {},
+                        self._scans(ids) if need_types else {},
                         (self._files_by_owner("/data/experiments/", ids, "experiments")
                          if "session" in levels else {}),
                         self._assessors(ids) if "assessor" in levels else {})
@@ -157,21 +158,25 @@ class Enumeration:
                 # shared subject has its own there); a session row may carry its primary one.
                 head = (project, exp.subject_id, subj.label if subj else exp.subject_label,
                         exp.id, exp.label)
+                about = dict(session_date=exp.date, session_xsi_type=exp.xsi_type)
                 scan_records: Iterable[FileRecord] = ()
                 if "scan" in levels:
-                    session_types = batch.scan_types.get(exp.id, {})
+                    session_scans = batch.scans.get(exp.id, {})
 
                     def scan_record(row: dict[str, Any]) -> FileRecord:
                         remote_file = RemoteFile.from_row(row)
                         scan_id = unquote(uri_part(remote_file.uri, "scans"))
-                        return FileRecord(*head, scan_id, session_types.get(scan_id, ""),
-                                          "scan", *self._record_tail(remote_file))
+                        scan = session_scans.get(scan_id, _NO_SCAN)
+                        return FileRecord(*head, scan_id, scan.type, "scan",
+                                          *self._record_tail(remote_file),
+                                          series_description=scan.series_description,
+                                          quality=scan.quality, **about)
                     scan_records = _prefetched(map(scan_record, session.iter_rows(
                         f"/data/experiments/{quote(exp.id, safe='')}/scans/ALL/files")))
                 records = []
                 for remote_file in batch.own_files.get(exp.id, []):
                     records.append(FileRecord(*head, "", "", "session",
-                                              *self._record_tail(remote_file)))
+                                              *self._record_tail(remote_file), **about))
                 for assessor in batch.assessors.get(exp.id, []):
                     path = (f"/data/experiments/{quote(exp.id, safe='')}"
                             f"/assessors/{quote(assessor.id, safe='')}")
@@ -179,7 +184,7 @@ class Enumeration:
                         records.append(FileRecord(*head, "", "", "assessor",
                                                   *self._record_tail(remote_file),
                                                   assessor_id=assessor.id,
-                                                  assessor_label=assessor.label))
+                                                  assessor_label=assessor.label, **about))
                 return keep(itertools.chain(scan_records, records))
             return run
         tasks.extend(session_task(exp) for exp in sessions)
@@ -286,31 +291,35 @@ class Enumeration:
             found.setdefault(assessor.session_id, []).append(assessor)
         return found
 
-    def _scan_types(self, session_ids: list[str]) -> dict[str, dict[str, str]]:
-        """{session ID: {scan ID: type}}: one `scans` listing per batch, or per session."""
+    def _scans(self, session_ids: list[str]) -> dict[str, dict[str, Scan]]:
+        """{session ID: {scan ID: scan}} (type, series description, quality): one `scans`
+        listing per batch, or per session."""
         rows = self._comma_list("/data/experiments/", session_ids, "/scans")
-        types: dict[str, dict[str, str]] = {}
+        found: dict[str, dict[str, Scan]] = {}
         if rows is not None:
             for row in rows:
                 scan = Scan.from_row(row)
                 owner = unquote(uri_part(scan.uri, "experiments"))
-                types.setdefault(owner, {})[scan.id] = scan.type
-            if all(owner in session_ids for owner in types):
-                return types
-            types = {}
+                found.setdefault(owner, {})[scan.id] = scan
+            if all(owner in session_ids for owner in found):
+                return found
+            found = {}
         for session_id in session_ids:
-            types[session_id] = {scan.id: scan.type
+            found[session_id] = {scan.id: scan
                                  for scan in listings.scans(self._session, session_id)}
-        return types
+        return found
 
 
 @dataclass
 class _SessionBatch:
     """What is listed once for a batch of sessions and read by each session's task."""
 
-    scan_types: dict[str, dict[str, str]]        # session ID -> scan ID -> type
+    scans: dict[str, dict[str, Scan]]            # session ID -> scan ID -> scan
     own_files: dict[str, list[RemoteFile]]       # session ID -> files of its own resources
     assessors: dict[str, list[Assessor]]         # session ID -> its image assessors
+
+
+_NO_SCAN = Scan("", "", "", "", "", "")  # a scan the scans listing did not name
 
 
 def _prefetched(items: Iterator[Any], count: int = PREFETCH_ROWS) -> Iterable[Any]:
