@@ -186,6 +186,8 @@ def summary(counts: Counts, fetched: Fetched, failed: int,
              f"{counts.unchanged} unchanged"]
     if counts.skipped:
         parts.append(f"{counts.skipped} changed on the server but skipped")
+    if counts.relabelled:
+        parts.append(f"{counts.relabelled} with new XNAT metadata")
     parts.append(f"{counts.gone} gone from the server" +
                  (f" ({counts.removed} {verb}removed)" if counts.removed else ""))
     if would is not None:
@@ -320,7 +322,8 @@ class Update:
         # a dry run of the default mode counts the files it would fetch (keys without a
         # digest are planned as --reckless fast plans them: hashing them would download them)
         return Planner(hierarchy, fmt, plan_options, scope,
-                       on_top_wanted=fetcher.want if fetcher is not None else None)
+                       on_top_wanted=fetcher.want if fetcher is not None else None,
+                       instance=self.config.name)
 
     def plan(self, client, planner: Planner) -> Plan:
         """Stage 1: list the server and plan; UpdateAborted or XnatError stop the run."""
@@ -490,6 +493,7 @@ class Update:
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
             skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,
-            no_digest=total.no_digest, unknown_collections=unknown,
+            no_digest=total.no_digest, relabelled=total.relabelled,
+            unknown_collections=unknown,
             bytes_added=total.bytes_added, bytes_changed=total.bytes_changed,
             fetched=fetched.files, bytes_fetched=fetched.bytes, commits=commits)

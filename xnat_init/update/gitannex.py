@@ -11,21 +11,24 @@ consists of
 
 * a symlink `path -> ../.git/annex/objects/<hashdirmixed>/<key>/<key>` committed to the branch,
 * a location log `<hashdirlower>/<key>.log` on the git-annex branch saying the XNAT special
-  remote (its UUID) has the key, and
+  remote (its UUID) has the key,
 * a URL log `<hashdirlower>/<key>.log.web` with the `xnat:` URL (prefixed with `:`, git-annex's
-  mark for URLs claimed by a special remote, as registerurl writes it).
+  mark for URLs claimed by a special remote, as registerurl writes it), and
+* a metadata log `<hashdirlower>/<key>.log.met` with XNAT's values (metalog.py has the format).
 
-So the default method ("fast-import") writes exactly those: commits on the git-annex branch, one
-per ANNEX_CHUNK_KEYS keys (existing logs of a key are read and appended to, never replaced), and
-one commit on the dataset's branch (its tree built in steps of TREE_CHUNK_CHANGES files, so no
-fast-import process holds a million objects), then moves the work tree to it with `git read-tree
--m -u` (which refuses, and changes nothing, if a local modification is in the way). git-annex
-notices that its branch moved and merges it into its index on the next run. The formats are
-git-annex's documented internals (doc/internals.mdwn), checked against real git-annex in tests.
+So the default method ("fast-import") writes exactly those: commits on the git-annex branch,
+one per ANNEX_CHUNK_KEYS keys (existing logs of a key are read and added to, never replaced; a
+chunk that finds every log as it should be makes no commit), and one commit on the dataset's
+branch (its tree built in steps of TREE_CHUNK_CHANGES files, so no fast-import process holds a
+million objects), then moves the work tree to it with `git read-tree -m -u` (which refuses, and
+changes nothing, if a local modification is in the way). git-annex notices that its branch moved
+and merges it into its index on the next run. The formats are git-annex's documented internals
+(doc/internals.mdwn), checked against real git-annex in tests.
 
-The "batch" method (`git annex registerurl --batch`) is the conservative fallback: used when
-git-annex's journal holds uncommitted changes (a user with annex.alwayscommit=false), or chosen
-with `datalad.xnat.register-method=batch`. Adjusted branches are refused with a clear message.
+The "batch" method (`git annex registerurl --batch`, `git annex metadata --batch`) is the
+conservative fallback: used when git-annex's journal holds uncommitted changes (a user with
+annex.alwayscommit=false), or chosen with `datalad.xnat.register-method=batch`. Adjusted
+branches are refused with a clear message.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 from git_annex_remote_xnat.keys import hashdir_lower, key_from_target, symlink_target
 
 from ..layout import path_hash
+from .metalog import LogWriter, MetaChange
 from .recovery import Journal, pause_point
 
 GITLINK_MODE = "160000"
@@ -57,6 +61,7 @@ ANNEX_CHUNK_KEYS = 50_000   # keys per fast-import commit on git-annex's branch
 PENDING_KEYS = 20_000       # keys read ahead of the fast-import writer (bounds memory)
 TREE_CHUNK_CHANGES = 100_000
 TEMP_REF = "refs/xnat-update/pending"
+METADATA_BATCH_KEYS = 1000  # keys per `git annex metadata --batch` round (batch method)
 
 
 class RegistrationError(RuntimeError):
@@ -429,14 +434,16 @@ class FastImport:
     """One `git fast-import` run writing one commit on `ref`: the one fast-import driver.
 
     Lines are buffered and written in batches; `finish` ends the stream and raises
-    RegistrationError (with git's message) if git refused it."""
+    RegistrationError (with git's message) if git refused it. `lazy`: git starts with the
+    first entry, and no entry means no commit (the git-annex branch gets no empty commit when
+    an update finds every log as it should be)."""
 
     def __init__(self, repo: Path, ref: str, message: bytes, base: str | None, *,
-                 author: bool = False, force: bool = False) -> None:
+                 author: bool = False, force: bool = False, lazy: bool = False) -> None:
         self.repo = repo
-        args = ["git", "-C", str(repo), "fast-import", "--quiet", "--done"]
-        self._proc = subprocess.Popen(args + (["--force"] if force else []),
-                                      stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._args = ["git", "-C", str(repo), "fast-import", "--quiet", "--done"] + \
+            (["--force"] if force else [])
+        self._proc: subprocess.Popen | None = None
         self._buffer: list[bytes] = []
         self.entries = 0
         head = [f"commit {ref}\n".encode()]
@@ -446,10 +453,23 @@ class FastImport:
         head.append(b"data %d\n%s\n" % (len(message), message))
         if base:
             head.append(f"from {base}^0\n".encode())
-        self._write(b"".join(head))
+        self._head = b"".join(head)
+        if not lazy:
+            self._start()
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None:
+            self._proc = subprocess.Popen(self._args, stdin=subprocess.PIPE,
+                                          stderr=subprocess.PIPE)
+            self._send(self._head)
+        return self._proc
 
     def _write(self, data: bytes) -> None:
-        assert self._proc.stdin
+        self._start()
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        assert self._proc and self._proc.stdin
         try:
             self._proc.stdin.write(data)
         except (BrokenPipeError, ValueError):
@@ -457,6 +477,7 @@ class FastImport:
 
     def _stopped(self) -> RegistrationError:
         """The error for a fast-import that ended before its input did (killed, or refused)."""
+        assert self._proc
         try:
             if self._proc.stdin:
                 self._proc.stdin.close()
@@ -468,6 +489,7 @@ class FastImport:
                                  f"{self.repo}: {err.decode(errors='replace').strip()}")
 
     def _add(self, data: bytes) -> None:
+        self._start()  # a lazy one starts with its first entry
         self._buffer.append(data)
         self.entries += 1
         if len(self._buffer) >= 2000:
@@ -489,6 +511,8 @@ class FastImport:
         self._add(f"D {_quote_path(path)}\n".encode("utf-8", "surrogateescape"))
 
     def finish(self, what: str) -> None:
+        if self._proc is None and not self.entries:
+            return  # lazy, and nothing to write: no commit
         try:
             self._write(b"".join(self._buffer) + b"\ndone\n")
             self._buffer.clear()
@@ -506,7 +530,8 @@ class FastImport:
 
     def abort(self) -> None:
         """Stop without committing (the ref stays as it was)."""
-        _kill(self._proc)
+        if self._proc is not None:
+            _kill(self._proc)
 
 
 def ident(repo: Path, which: str) -> str:
@@ -543,15 +568,57 @@ def _grouped_by_key(pairs_sorted: Iterable[tuple[str, str]]) -> Iterator[tuple[s
         yield current_key, current_urls
 
 
+Metadata = Iterable[tuple[str, str, MetaChange]]   # (<hashdirlower><key>, key, change), sorted
+
+
+@dataclass
+class _KeyWrite:
+    """What the git-annex branch gets for one key: presence in the remote (with `urls`), a
+    metadata change, or both."""
+
+    base: str                  # <hashdirlower><key>: the logs' path without .log*
+    key: str
+    urls: list[str]
+    present: bool
+    meta: MetaChange | None = None
+
+
+def _key_writes(pairs_sorted: Iterable[tuple[str, str]],
+                metadata: Metadata | None) -> Iterator[_KeyWrite]:
+    """The registrations (grouped by key) and the metadata changes merged into one stream in
+    the order of the keys' folders: one look at each key's logs, one fast-import pass."""
+    registered = (_KeyWrite(f"{hashdir_lower(key)}{key}", key, urls, True)
+                  for key, urls in _grouped_by_key(pairs_sorted))
+    if metadata is None:
+        yield from registered
+        return
+    changes = iter(metadata)
+    write = next(registered, None)
+    change = next(changes, None)
+    while write is not None or change is not None:
+        if change is None or (write is not None and write.base < change[0]):
+            yield write
+            write = next(registered, None)
+        elif write is None or change[0] < write.base:
+            yield _KeyWrite(change[0], change[1], [], False, change[2])
+            change = next(changes, None)
+        else:
+            write.meta = change[2]
+            yield write
+            write, change = next(registered, None), next(changes, None)
+
+
 def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
                         progress: Callable[[int], None] | None,
                         message: bytes = b"update (xnat-update: register keys and xnat: URLs)",
-                        point: str = "annex-branch") -> int:
+                        point: str = "annex-branch", metadata: Metadata | None = None) -> int:
     """Fast-import commits on git-annex's branch: every key present in the repository or
-    remote `remote_uuid`, and its URLs; one commit per ANNEX_CHUNK_KEYS keys.
+    remote `remote_uuid`, and its URLs; the `metadata` changes; one commit per
+    ANNEX_CHUNK_KEYS keys, none where every log already says what it should.
 
     `pairs_sorted` are (key, url), grouped by key (best in hashdir_lower order); an empty url
-    records presence only. Returns the number of keys written.
+    records presence only. `metadata` must be in hashdir_lower order (Annotations.changes).
+    Returns the number of keys registered.
 
     Why chunks: git fast-import keeps every object it wrote and every tree it touched in memory.
     A new process per chunk, fed keys in the order of their folders on the branch, touches only
@@ -560,24 +627,27 @@ def _write_annex_branch(repo: Path, pairs_sorted: Iterable[tuple[str, str]], rem
     if git(repo, "rev-parse", "-q", "--verify", "refs/heads/git-annex",
            check=False).returncode != 0:
         raise RegistrationError(f"{repo} has no git-annex branch; is it a git-annex repository?")
-    stamp = f"{int(time.time())}s"
-    groups = _grouped_by_key(pairs_sorted)
+    now = int(time.time())
+    logs = LogWriter(now)
+    writes = _key_writes(pairs_sorted, metadata)
     written = 0
-    while (first := next(groups, None)) is not None:
-        chunk = chain([first], islice(groups, ANNEX_CHUNK_KEYS - 1))
-        written += _write_annex_chunk(repo, chunk, remote_uuid, stamp, progress, message, point)
+    while (first := next(writes, None)) is not None:
+        chunk = chain([first], islice(writes, ANNEX_CHUNK_KEYS - 1))
+        written += _write_annex_chunk(repo, chunk, remote_uuid, f"{now}s", logs, progress,
+                                      message, point)
     return written
 
 
-def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remote_uuid: str,
-                       stamp: str, progress: Callable[[int], None] | None, message: bytes,
+def _write_annex_chunk(repo: Path, writes: Iterable[_KeyWrite], remote_uuid: str, stamp: str,
+                       logs: LogWriter, progress: Callable[[int], None] | None, message: bytes,
                        point: str) -> int:
-    """One fast-import commit on git-annex's branch for `groups` of (key, urls).
+    """One fast-import commit on git-annex's branch for `writes`.
 
     The existing logs are read with a pipelined CatFile (a feeder thread asks, this thread reads
     the answers in order), so no question waits for the previous answer.
     """
-    importer = FastImport(repo, "refs/heads/git-annex", message, "refs/heads/git-annex")
+    importer = FastImport(repo, "refs/heads/git-annex", message, "refs/heads/git-annex",
+                          lazy=True)
     catfile = CatFile(repo)
     pending: queue.Queue = queue.Queue(maxsize=PENDING_KEYS)
     feed_error: list[BaseException] = []
@@ -594,19 +664,21 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
 
     def feed() -> None:
         try:
-            for key, urls in groups:
+            for write in writes:
                 if stopping.is_set():
                     return
-                base = f"{hashdir_lower(key)}{key}"
-                # both logs live in one folder: if it exists, both are asked for (a missing
-                # one is answered "missing"); if not, neither is
-                log = branch.spec(base + ".log")
-                asked = log is not None
-                put((base, urls, asked))
+                # a key's logs live in one folder: if it exists, each log needed is asked for
+                # (a missing one is answered "missing"); if not, none is
+                folder = branch.spec(write.base + ".log")
+                asked = folder is not None
+                put((write, asked))
                 if asked:
-                    catfile.ask(log, flush=not urls)
-                    if urls:
-                        catfile.ask(f"{branch.spec(base + '.log.web')}")
+                    questions = ([folder] if write.present else []) + \
+                        ([branch.spec(write.base + ".log.web")] if write.present and write.urls
+                         else []) + \
+                        ([branch.spec(write.base + ".log.met")] if write.meta else [])
+                    for n, question in enumerate(questions, start=1):
+                        catfile.ask(f"{question}", flush=n == len(questions))
                     # flushed at once: the reader may wait for this answer while keys that
                     # need no question fill `pending` and stop this thread (a deadlock, seen
                     # at a chunk's start: a few keys in folders that exist, then none)
@@ -622,18 +694,27 @@ def _write_annex_chunk(repo: Path, groups: Iterable[tuple[str, list[str]]], remo
     written = 0
     try:
         while (item := pending.get()) is not None:
-            base, urls, asked = item
-            location = _annex_log_with(catfile.answer() if asked else None, remote_uuid, stamp)
-            if location is not None:
-                importer.file(base + ".log", location)
-            web = catfile.answer() if urls and asked else None
-            changed = False
-            for url in urls:
-                updated = _annex_log_with(web, ":" + url, stamp)
-                if updated is not None:
-                    web, changed = updated, True
-            if changed and web is not None:
-                importer.file(base + ".log.web", web)
+            write, asked = item
+            base = write.base
+            if write.present:
+                location = _annex_log_with(catfile.answer() if asked else None, remote_uuid,
+                                           stamp)
+                if location is not None:
+                    importer.file(base + ".log", location)
+                web = catfile.answer() if write.urls and asked else None
+                changed = False
+                for url in write.urls:
+                    updated = _annex_log_with(web, ":" + url, stamp)
+                    if updated is not None:
+                        web, changed = updated, True
+                if changed and web is not None:
+                    importer.file(base + ".log.web", web)
+            if write.meta is not None:
+                met = logs.updated(catfile.answer() if asked else None, write.meta)
+                if met is not None:
+                    importer.file(base + ".log.met", met)
+            if not write.present:
+                continue
             written += 1
             if written == 1:
                 pause_point(point)
@@ -722,15 +803,49 @@ def _register_urls_batch(repo: Path, pairs: Iterable[tuple[str, str]], remote_na
                                 + ("; ".join(failures[:3]) or batch.stderr.strip()))
 
 
+def _set_metadata_batch(repo: Path, metadata: Metadata) -> None:
+    """The conservative way for metadata: `git annex metadata --batch --json`, which sets a
+    field to the values given, so each key's current values are asked for first (a batch of
+    keys at a time, one process for the questions and one for the changes)."""
+    changes = iter(metadata)
+    while chunk := list(islice(changes, METADATA_BATCH_KEYS)):
+        query = AnnexBatch(repo, "metadata")
+        now = {record.get("key"): record.get("fields", {})
+               for record in query.run(json.dumps({"key": key}) for _, key, _ in chunk)}
+        lines = []
+        for _, key, change in chunk:
+            have = {name.casefold(): set(values) for name, values in now.get(key, {}).items()}
+            fields = {}
+            for name in set(change.wanted) | set(change.unwanted):
+                current = have.get(name.casefold(), set())
+                wanted = set(change.wanted.get(name, ()))
+                final = (current - (set(change.unwanted.get(name, ())) - wanted)) | wanted
+                if final != current:
+                    fields[name] = sorted(final)
+            if fields:
+                lines.append(json.dumps({"key": key, "fields": fields}))
+        if not lines:
+            continue
+        batch = AnnexBatch(repo, "metadata")
+        failures = [" ".join(record.get("error-messages", [])) or str(record)
+                    for record in batch.run(lines) if not record["success"]]
+        if batch.returncode != 0 or failures:
+            raise RegistrationError("git annex metadata failed: "
+                                    + ("; ".join(failures[:3]) or batch.stderr.strip()))
+
+
 def register_keys(repo: Path, pairs_sorted: Iterable[tuple[str, str]], remote_uuid: str,
                   remote_name: str, progress: Callable[[int], None] | None = None,
-                  method: str = "fast-import") -> None:
-    """Record in git-annex's branch that the remote has each key, and its xnat: URL.
-    `method` 'batch' (or a journal with uncommitted changes) takes `registerurl --batch`."""
+                  method: str = "fast-import", metadata: Metadata | None = None) -> None:
+    """Record in git-annex's branch that the remote has each key, its xnat: URL, and the
+    `metadata` changes, in one pass. `method` 'batch' (or a journal with uncommitted
+    changes) takes `registerurl --batch` and `metadata --batch`."""
     if method == "batch" or not journal_is_empty(repo):
         _register_urls_batch(repo, pairs_sorted, remote_name, progress)
+        if metadata is not None:
+            _set_metadata_batch(repo, metadata)
     else:
-        _write_annex_branch(repo, pairs_sorted, remote_uuid, progress)
+        _write_annex_branch(repo, pairs_sorted, remote_uuid, progress, metadata=metadata)
 
 
 def record_present(repo: Path, keys: Iterable[str], uuid: str) -> None:

@@ -45,7 +45,9 @@ from ..layout import (
 )
 from .datasets import DatasetView, Hierarchy
 from .gitannex import key_urls, symlink_fingerprint, tracked_keys
+from .metadata import Annotations, Contexts
 from .spool import Entry, EntrySpool, spool_directory
+from .tables import ATTRIBUTES, ATTRIBUTES_CONTENT, TableBuilder, Tables
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -78,6 +80,7 @@ class Counts:
     bytes_added: int = 0
     bytes_changed: int = 0
     no_digest: int = 0   # listed without an XNAT digest (keyed by hashing, or VURL keys)
+    relabelled: int = 0  # not registered again, but XNAT's values for them changed (metadata)
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
@@ -90,6 +93,7 @@ class ChangeSet:
 
     view: DatasetView
     entries: EntrySpool = field(default_factory=EntrySpool)
+    annotations: Annotations = field(default_factory=Annotations)   # git-annex metadata
     counts: Counts = field(default_factory=Counts)
     gone: list[str] = field(default_factory=list)
     remove_gone: bool = False
@@ -104,15 +108,20 @@ class ChangeSet:
 
     def close(self) -> None:
         self.entries.close()
+        self.annotations.close()
 
 
 @dataclass
 class Plan:
-    """The change sets of every dataset touched (ancestors of a changed one included), and
-    the files that could not be planned (reported, the rest goes ahead)."""
+    """The change sets of every dataset touched (ancestors of a changed one included), the
+    files that could not be planned (reported, the rest goes ahead), the metadata contexts the
+    change sets' annotations name, and the instance's tables where they changed (path in the
+    top dataset -> content)."""
 
     change_sets: dict[str, ChangeSet]
     failures: list[str]
+    contexts: Contexts = field(default_factory=lambda: Contexts(Tables()))
+    tables: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def totals(self) -> Counts:
@@ -195,6 +204,19 @@ class Scope:
             return None
         return location
 
+    def lists_subject(self, subject_id: str) -> bool:
+        """Whether this run lists the subject's own files (its row in the tables is this
+        run's to write; a subject the run lists and does not find is gone)."""
+        if self.experiments:
+            return False
+        return not self.subjects or subject_id in self.walk.subjects
+
+    def lists_session(self, subject_id: str, session_id: str) -> bool:
+        """Whether this run lists the files of that session (of that subject)."""
+        if self.experiments:
+            return session_id in self.walk.sessions
+        return not self.subjects or subject_id in self.walk.subjects
+
 
 @dataclass
 class _Unkeyed:
@@ -209,14 +231,21 @@ class Planner:
     """Builds the Plan from the server's records, one at a time (see the module docstring)."""
 
     def __init__(self, hierarchy: Hierarchy, fmt: PathFormat, options: PlanOptions,
-                 scope: Scope, on_top_wanted: Callable[[Entry], None] | None = None) -> None:
+                 scope: Scope, on_top_wanted: Callable[[Entry], None] | None = None,
+                 instance: str = "default") -> None:
         """`on_top_wanted` is told each file of the top dataset whose content is wanted, as
-        it is planned (the default mode's downloads start during the listing)."""
+        it is planned (the default mode's downloads start during the listing); `instance`
+        names the tables (.xnat/<instance>/) the top dataset keeps."""
         self.hierarchy = hierarchy
         self.fmt = fmt
         self.options = options
         self.scope = scope
         self.on_top_wanted = on_top_wanted
+        self.instance = instance
+        top = hierarchy.view("")
+        self.old_tables = Tables.read(top.path, top.head if top.exists else None, instance)
+        self.contexts = Contexts(self.old_tables)
+        self._tables = TableBuilder()
         self.change_sets: dict[str, ChangeSet] = {}
         self.failures: list[str] = []
         self._collisions = CollisionTracker()
@@ -242,6 +271,7 @@ class Planner:
     def add(self, record: FileRecord, url: str) -> None:
         """One file the server lists, with its xnat: URL."""
         self._listed_urls.append(path_hash(url))
+        self._tables.add(record)
         if not self.scope.takes(record):
             return
         try:
@@ -258,7 +288,7 @@ class Planner:
             return
         self._consider(rendered, Entry(rendered.path_in_dataset,
                                        md5e_key(record.size, record.md5, record.path), url),
-                       record.size)
+                       record)
 
     def check(self) -> None:
         """UpdateAborted if the listing found what stops the update before it writes: two
@@ -281,8 +311,11 @@ class Planner:
         if problems:
             raise UpdateAborted(problems + ["nothing was changed"])
 
-    def _consider(self, rendered: RenderedPath, entry: Entry, size: int) -> None:
-        """Compare one file with what its dataset tracks, and plan what it needs."""
+    def _consider(self, rendered: RenderedPath, entry: Entry, record: FileRecord,
+                  size: int | None = None) -> None:
+        """Compare one file with what its dataset tracks, and plan what it needs (`size`:
+        its content's, when it is known better than the listing's)."""
+        size = record.size if size is None else size
         change_set = self.change_set(rendered.dataset)
         tree, counts = change_set.view.tree, change_set.counts
         index = tree.mark_seen(entry.path)
@@ -295,7 +328,7 @@ class Planner:
             same = old == symlink_fingerprint(entry.key, entry.path)
             if same and not self.options.force:
                 counts.unchanged += 1
-                self._plan(change_set, entry, register=False, want=want)
+                self._plan(change_set, entry, record, register=False, want=want)
                 return
             if not same and self.options.skip_changed:
                 counts.skipped += 1  # the dataset keeps the version the server no longer has
@@ -309,10 +342,14 @@ class Planner:
         else:
             counts.added += 1
             counts.bytes_added += size
-        self._plan(change_set, entry, register=True, want=want)
+        self._plan(change_set, entry, record, register=True, want=want)
 
-    def _plan(self, change_set: ChangeSet, entry: Entry, *, register: bool, want: bool) -> None:
+    def _plan(self, change_set: ChangeSet, entry: Entry, record: FileRecord, *, register: bool,
+              want: bool) -> None:
         change_set.entries.add(entry, register=register, want=want)
+        if change_set.annotations.add(entry.key, self.contexts.of(record), register) \
+                and not register:
+            change_set.counts.relabelled += 1
         if want and not change_set.relpath and self.on_top_wanted is not None:
             self.on_top_wanted(entry)
 
@@ -339,7 +376,7 @@ class Planner:
             change_set = self.change_set(item.rendered.dataset)
             change_set.view.tree.mark_seen(inner)
             change_set.counts.unchanged += 1
-            self._plan(change_set, Entry(inner, key, item.url), register=False,
+            self._plan(change_set, Entry(inner, key, item.url), item.record, register=False,
                        want=self.options.fetch)
         self._unkeyed = []
         return remaining
@@ -348,15 +385,14 @@ class Planner:
         """The content of an unkeyed file was hashed."""
         self._consider(item.rendered, Entry(item.rendered.path_in_dataset,
                                             md5e_key(size, md5, item.record.path), item.url),
-                       size)
+                       item.record, size)
 
     def keyed_by_url(self, item: _Unkeyed) -> None:
         """An unkeyed file gets a VURL key with its listed size, without a download (--reckless
         fast); git-annex records its checksum at the first download and checks later copies."""
-        size = item.record.size
         self._consider(item.rendered, Entry(item.rendered.path_in_dataset,
-                                            vurl_key(size, item.url, item.record.path),
-                                            item.url), size)
+                                            vurl_key(item.record.size, item.url,
+                                                     item.record.path), item.url), item.record)
 
     def unhashable(self, item: _Unkeyed, error: str) -> None:
         """An unkeyed file could not be downloaded: reported; what the dataset has of it stays
@@ -416,7 +452,27 @@ class Planner:
                 change_set.gone.append(path)
                 change_set.counts.gone += 1
                 change_set.counts.removed += self.options.remove_gone
-        return Plan(self.change_sets, self.failures)
+        tables = self._changed_tables()
+        if tables:
+            self.change_set("")
+        return Plan(self.change_sets, self.failures, self.contexts, tables)
+
+    def _changed_tables(self) -> dict[str, bytes]:
+        """The tables (and their .gitattributes) whose content this update changes."""
+        old, scope = self.old_tables, self.scope
+
+        def walked(table: str, row: dict[str, str]) -> bool:
+            if table == "subjects":
+                return scope.lists_subject(row.get("subject_id", ""))
+            session_id = row.get("session_id", "")
+            subject_id = row.get("subject_id") if table == "sessions" else \
+                old.sessions.get(session_id, {}).get("subject_id", "")
+            return scope.lists_session(subject_id or "", session_id)
+
+        contents = self._tables.finish(old, walked).contents(self.instance)
+        contents[ATTRIBUTES] = ATTRIBUTES_CONTENT
+        return {path: content for path, content in contents.items()
+                if old.raw.get(path) != content}
 
     def _listed(self, fingerprints: set[int]) -> set[int]:
         """Those of `fingerprints` the server listed (one pass over the flat array)."""

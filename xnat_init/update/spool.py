@@ -140,25 +140,31 @@ class EntrySpool:
         if not self.registered:
             return
         self._spool.flush()
-        env = dict(os.environ, LC_ALL="C")
-        # -S: sort's own buffer, else it holds the whole spool in memory
-        scratch = ["-T", spool_directory()] if spool_directory() else []
-        proc = subprocess.Popen(["sort", "-S", "32M", *scratch, "-t", "\t", "-k2,2", "-s",
-                                 self._spool.path],
-                                stdout=subprocess.PIPE, env=env, text=True,
-                                encoding="utf-8", errors="surrogateescape")
-        assert proc.stdout
-        try:
-            for line in proc.stdout:
-                flag, located, url, _ = line.rstrip("\n").split("\t", 3)
-                if flag in "Rr":
-                    yield located[_HASHDIR_LENGTH:], url
-        finally:
-            proc.stdout.close()
-            proc.wait()
+        for line in sorted_lines(self._spool.path, 2):
+            flag, located, url, _ = line.rstrip("\n").split("\t", 3)
+            if flag in "Rr":
+                yield located[_HASHDIR_LENGTH:], url
 
     def close(self) -> None:
         self._spool.close()
 
 
 _HASHDIR_LENGTH = len("abc/def/")
+
+
+def sorted_lines(path: str, column: int) -> Iterator[str]:
+    """The lines of a spool file sorted (stably, bytewise) by their tab-separated `column`
+    (1 is the first), by `sort` outside Python's memory."""
+    env = dict(os.environ, LC_ALL="C")
+    # -S: sort's own buffer, else it holds the whole spool in memory
+    scratch = ["-T", spool_directory()] if spool_directory() else []
+    proc = subprocess.Popen(["sort", "-S", "32M", *scratch, "-t", "\t", f"-k{column},{column}",
+                             "-s", path],
+                            stdout=subprocess.PIPE, env=env, text=True,
+                            encoding="utf-8", errors="surrogateescape")
+    assert proc.stdout
+    try:
+        yield from proc.stdout
+    finally:
+        proc.stdout.close()
+        proc.wait()

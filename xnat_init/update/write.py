@@ -1,10 +1,11 @@
 """The write stage: new subdatasets, then one commit per dataset, deepest first.
 
-It carries out a Plan and decides nothing: each ChangeSet's registrations become keys and
-xnat: URLs on the dataset's git-annex branch and symlinks in one commit on its branch
-(gitannex.py); a subdataset's new commit is recorded in its superdataset's commit; a new
-subdataset gets the special remote and the instance's configuration, so `datalad get -r`
-works in a fresh clone. A dataset whose commit fails is left at its last commit.
+It carries out a Plan and decides nothing: each ChangeSet's registrations become keys,
+xnat: URLs and metadata on the dataset's git-annex branch (one pass, gitannex.py) and symlinks
+in one commit on its branch; the instance's tables go into the top dataset's commit; a
+subdataset's new commit is recorded in its superdataset's commit; a new subdataset gets the
+special remote and the instance's configuration, so `datalad get -r` works in a fresh clone.
+A dataset whose commit fails is left at its last commit.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ class Writer:
         self.config = config
         self.journal = journal
         self._subdatasets_updated: dict[str, int] = {}
+        self._plan: Plan | None = None
 
     def write(self, plan: Plan) -> int:
         """Create the planned subdatasets that do not exist, then commit; returns the number
         of commits made."""
         pause_point("write")
+        self._plan = plan
         change_sets = plan.change_sets
         for change_set in sorted(change_sets.values(), key=lambda c: c.relpath.count("/")):
             if not change_set.view.exists:
@@ -85,14 +88,17 @@ class Writer:
         view = change_set.view
         gitlinks = self._child_gitlinks(change_set)
         extra = self._extra_files(change_set)
+        annotations = change_set.annotations
         if not change_set.entries.registered and not change_set.removals and not gitlinks \
-                and not extra:
+                and not extra and not annotations.pending:
             return 0
         uuid = remote_uuid(view.path, self.config.remote) or \
             ensure_special_remote(view.path, self.config)
-        if change_set.entries.registered:
+        if change_set.entries.registered or annotations.pending:
+            assert self._plan is not None
             register_keys(view.path, change_set.entries.sorted_keys(), uuid, self.config.remote,
-                          progress, method=view.settings.register_method)
+                          progress, method=view.settings.register_method,
+                          metadata=annotations.changes(self._plan.contexts))
         new = commit_tree_changes(view.path, change_set.entries.registrations(),
                                   change_set.removals, gitlinks, self._message(change_set), extra,
                                   journal=self.journal)
@@ -108,6 +114,11 @@ class Writer:
         counts, view = change_set.counts, change_set.view
         head = (f"[DATALAD] xnat-update: {counts.added} added, {counts.changed} changed, "
                 f"{len(change_set.removals)} removed")
+        # the top dataset's commit (with the instance's tables) speaks for the whole update
+        relabelled = counts.relabelled if view.relpath or self._plan is None else \
+            self._plan.totals.relabelled
+        if relabelled:
+            head += f", XNAT metadata of {relabelled} files updated"
         updated = self._subdatasets_updated.get(view.relpath)
         if updated:
             head += f", {updated} subdatasets updated"
@@ -131,9 +142,12 @@ class Writer:
 
     def _extra_files(self, change_set: ChangeSet) -> dict[str, bytes]:
         """.gitmodules entries for subdatasets it does not record yet; configuration files for
-        a subdataset that lacks them (new, or created by an update that was interrupted)."""
+        a subdataset that lacks them (new, or created by an update that was interrupted); the
+        instance's tables that changed, for the top dataset."""
         view = change_set.view
         extra: dict[str, bytes] = {}
+        if not view.relpath and self._plan is not None:
+            extra.update(self._plan.tables)
         unregistered = [(self.hierarchy.inner_path(child.relpath), dataset_id(child.path))
                         for child in self.hierarchy.children(view.relpath)
                         if child.exists
