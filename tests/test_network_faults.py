@@ -136,7 +136,7 @@ def test_a_trusted_certificate_for_another_host_is_refused(emulator_factory, mon
         monkeypatch.delenv(var, raising=False)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
-    closed_site_user(monkeypatch)
+    closed_site_user(monkeypatch, emu.url)
     records = results("xnat-query-files", emu.url)
     assert [r["status"] for r in records] == ["error"], records
     assert "127.0.0.1" in records[0]["message"] and "TLS" in records[0]["message"], records
