@@ -46,10 +46,11 @@ def add_run(fig: Figure, res: RunResult) -> bool:
 
 
 def _count_files(ds: Path, env: dict) -> int:
-    """Files tracked in ds and, recursively, its subdatasets (not configuration, not gitlinks)."""
+    """Files tracked in ds and, recursively, its subdatasets (not configuration, not gitlinks,
+    not the instance's tables in .xnat/)."""
     out = run_checked(["git", "-C", str(ds), "ls-files", "-s", "--", ".", ":!.datalad",
                        ":!.gitattributes", ":!**/.gitattributes", ":!**/.datalad",
-                       ":!.gitmodules"], env).stdout
+                       ":!.gitmodules", ":!.xnat"], env).stdout
     count = 0
     for line in out.splitlines():
         mode, _, rest = line.partition(" ")
