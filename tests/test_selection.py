@@ -79,3 +79,25 @@ def test_scan_type_and_quality_choose_scans(xnat, alice, ds):
     listed = [r for r in results("xnat-query-files", xnat.url, "-p", "PUBLIC1",
                                  "--scan-type", "DTI", cwd=ds) if r.get("type") == "xnat-file"]
     assert listed and {r["scan_type"] for r in listed} == {"DTI"}
+
+
+def test_a_scan_that_falls_out_of_the_selection_still_gets_its_new_values(xnat, alice, ds):
+    """A scan rated unusable leaves a `--quality usable` selection; its tracked files are not
+    gone, and their metadata says unusable, as scans.tsv does."""
+    rated = next(f for f in xnat.iter_files("PUBLIC1") if f.level == "scan")
+    where = dict(resource=rated.resource, session=rated.session_label, scan=rated.scan_id)
+    xnat.add_file("no-digest.dcm", b"listed without a digest", digest=False, **where)
+    assert not failures(init(ds, xnat.url, "-p", "PUBLIC1"))
+    update(ds, "--reckless", "fast")
+    # the tracked copy of this one stays the old content (outside the selection: not updated)
+    xnat.change_file(rated.path, b"new content", **where)
+    xnat.set_scan(rated.session_label, rated.scan_id, quality="unusable", project="PUBLIC1")
+    summary = update(ds, "--reckless", "fast", "--quality", "usable")
+    assert (summary["gone"], summary["status"]) == (0, "ok"), summary
+    files = scan_paths(xnat, "PUBLIC1", lambda f: (f.session_label, f.scan_id)
+                       == (rated.session_label, rated.scan_id))
+    assert len(files) > 2 and any(p.endswith("/no-digest.dcm") for p in files)
+    for path in files:
+        value = run(["git", "annex", "metadata", "--get", "quality", path], cwd=ds).stdout
+        assert value.strip() == "unusable", path
+    assert "unusable" in (ds / ".xnat" / "default" / "scans.tsv").read_text()

@@ -78,6 +78,13 @@ class Hierarchy:
         self._views[relpath] = view
         return view
 
+    def installed(self, relpath: str) -> bool:
+        """Whether the dataset at `relpath` is there to look at without installing it."""
+        found = self._views.get(relpath)
+        if found is not None:
+            return found.exists
+        return relpath == "" or (self.top / relpath / ".git").exists()
+
     def __iter__(self) -> Iterator[DatasetView]:
         return iter(list(self._views.values()))
 

@@ -254,6 +254,7 @@ class Planner:
                                                     dir=spool_directory())
         self._conflicts: list[str] = []
         self._unkeyed: list[_Unkeyed] = []
+        self._left_out_unkeyed: list[_Unkeyed] = []   # tracked, deselected, key not listed
         self._unseen_keys: dict[str, dict[str, str]] = {}
         self._listed_urls = array("Q")  # fingerprints of every URL the server listed
 
@@ -273,6 +274,7 @@ class Planner:
         self._listed_urls.append(path_hash(url))
         self._tables.add(record)
         if not self.scope.takes(record):
+            self._left_out(record, url)
             return
         try:
             rendered = self.fmt.render(record)
@@ -289,6 +291,40 @@ class Planner:
         self._consider(rendered, Entry(rendered.path_in_dataset,
                                        md5e_key(record.size, record.md5, record.path), url),
                        record)
+
+    def _left_out(self, record: FileRecord, url: str) -> None:
+        """A listed file outside --scan-type/--quality: neither registered nor gone, but a
+        tracked copy at its path gets this update's values (a scan rated unusable leaves a
+        `--quality usable` selection, and its files then say unusable, as scans.tsv does).
+        Only datasets already installed are looked in: a deselected file installs nothing."""
+        try:
+            rendered = self.fmt.render(record)
+        except LayoutError:
+            return
+        if not self.hierarchy.installed(rendered.dataset):
+            return
+        change_set = self.change_set(rendered.dataset)
+        tree, inner = change_set.view.tree, rendered.path_in_dataset
+        index = tree.lookup(path_hash(inner)) if tree.paths else None
+        if index is None or tree.blobs[index] == 0:
+            return
+        if record.md5 is not None:
+            key = md5e_key(record.size, record.md5, record.path)
+            if tree.blobs[index] == symlink_fingerprint(key, inner):
+                tree.mark_seen(inner)
+                self._annotate(change_set, key, record, registered=False)
+                return
+        self._left_out_unkeyed.append(_Unkeyed(rendered, url, record))
+
+    def _annotate_left_out_unkeyed(self) -> None:
+        """The tracked files outside the selection whose key the listing could not give (no
+        digest, or content the server changed): their key is read from the dataset."""
+        for item in self._left_out_unkeyed:
+            key = self._tracked_unseen(item.rendered.dataset).get(item.rendered.path_in_dataset)
+            if key:
+                self._annotate(self.change_set(item.rendered.dataset), key, item.record,
+                               registered=False)
+        self._left_out_unkeyed = []
 
     def check(self) -> None:
         """UpdateAborted if the listing found what stops the update before it writes: two
@@ -347,11 +383,15 @@ class Planner:
     def _plan(self, change_set: ChangeSet, entry: Entry, record: FileRecord, *, register: bool,
               want: bool) -> None:
         change_set.entries.add(entry, register=register, want=want)
-        if change_set.annotations.add(entry.key, self.contexts.of(record), register) \
-                and not register:
-            change_set.counts.relabelled += 1
+        self._annotate(change_set, entry.key, record, registered=register)
         if want and not change_set.relpath and self.on_top_wanted is not None:
             self.on_top_wanted(entry)
+
+    def _annotate(self, change_set: ChangeSet, key: str, record: FileRecord, *,
+                  registered: bool) -> None:
+        if change_set.annotations.add(key, self.contexts.of(record), registered) \
+                and not registered:
+            change_set.counts.relabelled += 1
 
     # ------------------------------------------------------------------- files without digest
 
@@ -430,6 +470,7 @@ class Planner:
         this time, so it says nothing about this one: the same content elsewhere (another
         session, another instance's project) keeps the file.
         """
+        self._annotate_left_out_unkeyed()
         found: list[tuple[ChangeSet, str, list[str]]] = []
         for relpath in list(self.change_sets):
             change_set = self.change_sets[relpath]
