@@ -233,6 +233,18 @@ def file_name(xnat_url: str) -> str:
     return unquote(xnat_url.rstrip("/").rsplit("/", 1)[-1])
 
 
+def resource_of(xnat_url: str, base_url: str) -> tuple[str, str, str]:
+    """(`/data/...` path of the files listing of the resource holding xnat_url, the resource's
+    label as XNAT names it in archives, the file's path in it): the listing path with
+    `format=zip` is the resource's files as one archive."""
+    path = rest_path(xnat_url, base_url)
+    match = _RESOURCE_FILES.search(path)
+    assert match is not None  # rest_path accepts only file URLs
+    listing = path[:match.start(1) - 1]
+    label = unquote(listing.rsplit("/", 2)[-2])
+    return listing, label, unquote(match.group(1))
+
+
 def relative_file_path(xnat_url: str) -> str:
     """The decoded path of the file inside its resource (what follows `/resources/<R>/files/`)."""
     match = _RESOURCE_FILES.search(xnat_url)

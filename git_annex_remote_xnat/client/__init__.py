@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Iterator
 
 from ..credentials import Credential
 from ..records import LEVELS, FileRecord
+from ..zipstream import Wanted
 from . import listings
-from .download import CHUNK_SIZE, FileStatus, download, file_status
+from .download import CHUNK_SIZE, FileStatus, download, download_archive, file_status
 from .enumeration import ID_BATCH, Enumeration, Walk
 from .errors import (
     AuthenticationError, DownloadError, NotFoundError, NotXnatError, PermissionDeniedError,
@@ -147,3 +148,12 @@ class XnatClient:
         return download(self.session, rest_path, dest, size=size, md5=md5, progress=progress,
                         attempts=self.download_attempts,
                         backoff_factor=self.session.backoff_factor)
+
+    def download_archive(self, listing_path: str, resource: str, wanted: dict[str, Wanted],
+                         listed_bytes: int, listed_files: int
+                         ) -> Iterator[tuple[str, str | None]]:
+        """Several files of one resource from one zip of its files, each verified and placed
+        as it arrives: (path in the resource, error or None) per wanted member the archive
+        held (download.download_archive). One attempt; the caller fetches the rest alone."""
+        return download_archive(self.session, listing_path, resource, wanted, listed_bytes,
+                                listed_files)

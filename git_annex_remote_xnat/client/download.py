@@ -15,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from ..zipstream import ArchiveBroken, Wanted, extract
 from .errors import (
     DownloadError, NotFoundError, XnatError, is_login_page, login_page_error, safe_url,
 )
@@ -156,6 +157,49 @@ def _download_once(session: Session, rest_path: str, dest: Path, size: int | Non
         answer.close()
         if not kept:
             tmp.unlink(missing_ok=True)
+
+
+# what an archive may hold beyond its members' listed sizes (headers, names, descriptors)
+ARCHIVE_OVERHEAD_PER_MEMBER = 64 * 1024
+
+
+def download_archive(session: Session, listing_path: str, resource: str,
+                     wanted: dict[str, Wanted], listed_bytes: int, listed_files: int
+                     ) -> Iterator[tuple[str, str | None]]:
+    """The wanted files of one resource from one zip of its files (`listing_path` with
+    `format=zip`): (path, error) per wanted member as it arrives, error None when it was
+    verified and placed at its `dest` (zipstream.extract). `listed_bytes` and `listed_files`
+    are the resource's as listed: the archive is not read past what they can take.
+
+    One attempt, no retries: the caller fetches what this did not place alone, with the
+    retries of a single download. A failure of the archive itself (an HTTP error, a body that
+    broke off, no zip) is raised as DownloadError after the members it placed were yielded.
+    """
+    answer = session.request("GET", listing_path, params={"format": "zip"}, stream=True)
+    where = f"GET {safe_url(answer.url)}"
+    limit = listed_bytes + ARCHIVE_OVERHEAD_PER_MEMBER * max(1, listed_files)
+
+    def body() -> Iterator[bytes]:
+        read = 0
+        for chunk in answer.chunks(CHUNK_SIZE):
+            if read == 0 and is_login_page(answer.header("Content-Type"), listing_path, chunk):
+                raise login_page_error(answer.status, "GET", answer.url, session.auth_hint())
+            read += len(chunk)
+            if read > limit:
+                raise ArchiveBroken(f"it sent more than the {limit} bytes its files can take")
+            yield chunk
+
+    try:
+        if 300 <= answer.status < 400:
+            raise DownloadError(f"{where} was redirected without reaching the archive",
+                                answer.status, answer.url)
+        yield from extract(body(), resource, wanted, limit)
+    except ArchiveBroken as exc:
+        raise DownloadError(f"{where}: {exc}", answer.status, answer.url) from exc
+    except BodyBrokeOff as exc:
+        raise DownloadError(f"{where} broke off ({exc})", None, answer.url) from exc
+    finally:
+        answer.close()
 
 
 def _announced(announced: int | None, expected: int) -> str:
