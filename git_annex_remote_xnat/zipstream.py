@@ -18,6 +18,44 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 
+# When one archive is cheaper than a request per file (both sides of a fetch decide alike):
+# enough files wanted, small ones (large files gain nothing from sharing a request), and most
+# of the resource's bytes (the archive holds all of them).
+ARCHIVE_MIN_FILES = 3
+ARCHIVE_MAX_MEAN_BYTES = 16 << 20
+ARCHIVE_SETTINGS = ("auto", "always", "never")   # datalad.xnat.fetch-archives
+
+
+def worth_an_archive(wanted_files: int, wanted_bytes: int, listed_files: int,
+                     listed_bytes: int) -> bool:
+    """Whether `wanted_files` files of a resource that lists `listed_files` files should come
+    as one archive of the resource rather than one request each."""
+    return (wanted_files >= ARCHIVE_MIN_FILES
+            and wanted_bytes <= ARCHIVE_MAX_MEAN_BYTES * wanted_files
+            and 2 * wanted_bytes >= listed_bytes and listed_files >= wanted_files)
+
+
+def archive_setting(value: str | None) -> str:
+    """datalad.xnat.fetch-archives as given (unset: auto); ValueError with what to set when it
+    is none of ARCHIVE_SETTINGS."""
+    setting = (value or "auto").strip().lower()
+    if setting not in ARCHIVE_SETTINGS:
+        raise ValueError(f"datalad.xnat.fetch-archives={value!r} is not one of "
+                         f"{', '.join(ARCHIVE_SETTINGS)}; set it to one of them (auto: one zip "
+                         "per resource where that is cheaper)")
+    return setting
+
+
+def use_archive(setting: str, wanted_files: int, wanted_bytes: int, listed_files: int,
+                listed_bytes: int) -> bool:
+    """worth_an_archive, unless datalad.xnat.fetch-archives (`setting`) forces either way."""
+    if setting == "never" or wanted_files < 1:
+        return False
+    if setting == "always":
+        return True
+    return worth_an_archive(wanted_files, wanted_bytes, listed_files, listed_bytes)
+
+
 @dataclass(frozen=True)
 class Wanted:
     """One member wanted from an archive: where its verified content goes, and what it is."""

@@ -19,11 +19,29 @@ from xnat_init.config import DatasetSettings
 from xnat_init.update.placement import (
     AnnexPlacer,
     BackgroundFetch,
+    Source,
     WantedStream,
     direct_fetch_refusal,
     object_path,
 )
-from xnat_init.update.spool import Entry as Wanted
+from xnat_init.update.spool import Entry
+
+
+class LocalSource(Source):
+    """A local copy for a download (the HTTP side is tested against the emulator elsewhere),
+    one file at a time; `download(name, dest, size, md5)` gets the file's name."""
+
+    def __init__(self, download) -> None:
+        super().__init__(None, "http://xnat.example.org", "never")
+        self._copy = download
+
+    def download(self, url: str, dest: Path, size: int, md5: str) -> None:
+        self._copy(url.rsplit("/", 1)[-1], dest, size, md5)
+
+
+def Wanted(path: str, key: str, name: str) -> Entry:
+    """A wanted file whose xnat: URL ends in `name`."""
+    return Entry(path, key, f"xnat://xnat.example.org/projects/P/resources/R/files/{name}")
 from git_annex_remote_xnat.keys import md5e_key, parse_key
 
 
@@ -95,7 +113,7 @@ def test_placer_places_records_and_reports(tmp_path):
             raise RuntimeError("delivered content with MD5 0000, expected " + md5)
         dest.write_bytes(good)
 
-    placer = AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid)
+    placer = AnnexPlacer(repo, LocalSource(download), 2, DatasetSettings.read(repo).annex_uuid)
     wanted = [Wanted("g.dcm", key_good, "good"), Wanted("b.dcm", key_bad, "bad"),
               Wanted("g2.dcm", key_good, "good")]
     outcomes = {o.wanted.path: o for o in placer.fetch_all(wanted)}
@@ -109,7 +127,7 @@ def test_placer_places_records_and_reports(tmp_path):
     found = run(["git", "annex", "find", "--in", "here", "--json"], cwd=repo).stdout
     assert sorted(json.loads(line)["file"] for line in found.splitlines()) == ["g.dcm", "g2.dcm"]
     # a second pass finds the content present and downloads nothing
-    assert list(AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid).fetch_all(wanted[:1])) == []
+    assert list(AnnexPlacer(repo, LocalSource(download), 2, DatasetSettings.read(repo).annex_uuid).fetch_all(wanted[:1])) == []
     assert calls.count("good") == 1
 
 
@@ -133,7 +151,7 @@ def test_background_fetch_records_only_when_told_and_can_discard(tmp_path):
 
     def plan(repo):
         wanted = [Wanted(name, key, name) for name, key in keys.items()]
-        return [("", AnnexPlacer(repo, download, 2, DatasetSettings.read(repo).annex_uuid), iter(wanted))]
+        return [("", AnnexPlacer(repo, LocalSource(download), 2, DatasetSettings.read(repo).annex_uuid), iter(wanted))]
 
     def here(repo):
         """Files whose location log says "here" (`find --in here` would look at the objects)."""

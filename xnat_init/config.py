@@ -160,6 +160,7 @@ class DatasetSettings:
     fetch_method: str            # 'direct' (default) or 'annex': `git annex get` for content
     register_method: str         # 'fast-import' (default) or 'batch': `git annex registerurl`
     fetch_processes: str | None  # helper processes for downloads; None: chosen by size
+    fetch_archives: str          # 'auto' (default), 'always', 'never': one zip per resource
     annex_uuid: str              # the repository's own git-annex UUID ('' before annex init)
     git_config: dict[str, str]   # the core.* and annex.* settings, names in lower case
 
@@ -181,6 +182,7 @@ class DatasetSettings:
                    else "direct",
                    register_method="batch" if register == "batch" else "fast-import",
                    fetch_processes=one("datalad.xnat.fetch-processes"),
+                   fetch_archives=one("datalad.xnat.fetch-archives") or "auto",
                    annex_uuid=one("annex.uuid") or "",
                    git_config={name: one(name) or "" for name in config.keys()
                                if name.startswith(("core.", "annex."))})

@@ -37,6 +37,7 @@ from git_annex_remote_xnat.credentials import keep_typed_credential
 from git_annex_remote_xnat.keys import key_size
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import XnatUrlError, file_url, normalize_base_url
+from git_annex_remote_xnat.zipstream import archive_setting
 
 from ..common import dataset_param, filter_params, log_in, warn_unmatched_collections
 from ..config import CONFIG_FILE, DEFAULT_NAME, XnatConfig, read_config
@@ -235,6 +236,7 @@ class Update:
         fetch_processes = hierarchy.view("").settings.fetch_processes
         try:
             helper_processes(1, 0, fetch_processes)
+            archive_setting(hierarchy.view("").settings.fetch_archives)
         except ValueError as exc:
             yield self.result("error", str(exc))
             return

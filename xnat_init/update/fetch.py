@@ -21,11 +21,14 @@ from typing import Iterable, Iterator
 from git_annex_remote_xnat.keys import file_md5, key_size
 from git_annex_remote_xnat.messages import one_line
 from git_annex_remote_xnat.urls import rest_path
+from git_annex_remote_xnat.zipstream import archive_setting
 
 from .datasets import DatasetView
 from .gitannex import AnnexBatch
 from .helpers import MIN_FILES_FOR_PROCESSES, ProcessPlacer, helper_processes
-from .placement import AnnexPlacer, BackgroundFetch, WantedStream, direct_fetch_refusal
+from .placement import (
+    AnnexPlacer, BackgroundFetch, Source, WantedStream, direct_fetch_refusal,
+)
 from .plan import ChangeSet, Plan
 from .recovery import Journal, pause_point
 from .spool import Entry, spool_directory
@@ -182,18 +185,15 @@ class Fetcher:
         there are many (helpers.py), else in threads of this process."""
         processes = helper_processes(self.jobs, count, self.fetch_processes)
         uuid = view.settings.annex_uuid
+        archives = archive_setting(view.settings.fetch_archives)
         placer: AnnexPlacer | ProcessPlacer
         if processes > 1:
             placer = ProcessPlacer(view.path, self.base_url, self.client.credential, processes,
                                    threads=-(-self.jobs // processes), uuid=uuid,
-                                   journal=self.journal)
+                                   journal=self.journal, archives=archives)
         else:
-            client, base_url = self.client, self.base_url
-
-            def download(url: str, dest: Path, size: int, md5: str) -> None:
-                client.download(rest_path(url, base_url), dest, size=size, md5=md5)
-
-            placer = AnnexPlacer(view.path, download, self.jobs, uuid, self.journal)
+            placer = AnnexPlacer(view.path, Source(self.client, self.base_url, archives),
+                                 self.jobs, uuid, self.journal)
         self._placers.append(placer)
         return placer
 

@@ -8,7 +8,9 @@ download threads cannot keep several cores busy; a few processes of a few thread
 A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from stdin: server,
 credential, repository and thread count. The secret travels through the pipe, never through
 the command line or the environment. Then it reads one wanted file per line (`key TAB url`),
-downloads and places each with placement.AnnexPlacer, and answers one line per file:
+an empty line after each run of one resource's files (placement.resource_runs: the helper
+may fetch a run as one archive), downloads and places each with placement.AnnexPlacer, and
+answers one line per file:
 `key TAB size TAB present TAB error TAB unreachable` (unreachable "1": the helper's client gave
 the server up, so the parent stops sending files to any helper). At end of input it finishes what
 it received and exits.
@@ -30,7 +32,7 @@ from typing import Iterable, Iterator
 
 from .gitannex import RegistrationError
 from .recovery import Journal
-from .placement import AnnexPlacer, Fetched, object_path
+from .placement import AnnexPlacer, Fetched, Source, object_path, resource_runs
 from .spool import Entry
 
 # fewer files than this are not worth starting processes for (each costs a Python start-up)
@@ -66,10 +68,11 @@ class _Helper:
         self.proc.stdin.flush()
         self.outstanding: set[str] = set()
 
-    def send(self, key: str, url: str) -> None:
+    def send(self, run: list[Entry]) -> None:
+        """One run of one resource's files, and the empty line that ends it."""
         assert self.proc.stdin
-        self.outstanding.add(key)
-        self.proc.stdin.write(f"{key}\t{url}\n")
+        self.outstanding.update(item.key for item in run)
+        self.proc.stdin.write("".join(f"{item.key}\t{item.url}\n" for item in run) + "\n")
         self.proc.stdin.flush()
 
     def close_input(self) -> None:
@@ -85,18 +88,20 @@ class ProcessPlacer:
     `processes` helper processes of `threads` threads each."""
 
     def __init__(self, repo: Path, base_url: str, credential, processes: int,
-                 threads: int, uuid: str, journal: Journal | None = None) -> None:
+                 threads: int, uuid: str, journal: Journal | None = None,
+                 archives: str = "auto") -> None:
         self.repo = repo
+        self.base_url = base_url
         self.processes = max(1, processes)
         self.threads = max(1, threads)
         self._header = {
-            "url": base_url, "repo": str(repo), "threads": self.threads,
+            "url": base_url, "repo": str(repo), "threads": self.threads, "archives": archives,
             "credential": None if credential is None else {
                 "name": credential.name, "user": credential.user,
                 "password": credential.password, "source": credential.source},
         }
         # record and discard are AnnexPlacer's, on the keys the helpers placed
-        self._recorder = AnnexPlacer(repo, lambda *args: None, 1, uuid, journal)
+        self._recorder = AnnexPlacer(repo, None, 1, uuid, journal)
         # a helper's client gave the server up (it stopped answering): the rest is not tried
         self.given_up: str | None = None
 
@@ -125,20 +130,25 @@ class ProcessPlacer:
         helpers = [_Helper(self._header) for _ in range(self.processes)]
         lock = threading.Lock()
         waiting: dict[str, Entry] = {}
+        # runs under way, at most this many: a run is answered only once all of it was sent
         slots = threading.Semaphore(2 * self.threads * len(helpers))
+        run_left: dict[int, int] = {}   # run number -> keys not answered yet
+        run_of: dict[str, int] = {}
         answers: queue.Queue = queue.Queue()
 
         def feed() -> None:
             try:
-                for item in wanted:
+                for number, run in enumerate(resource_runs(wanted, self.base_url)):
                     if stop.is_set() or halt.is_set():
                         break
-                    if item.key in waiting or object_path(self.repo, item.key).exists():
-                        continue
-                    if self.given_up is not None:
-                        with lock:
-                            waiting[item.key] = item
-                        answers.put((item.key, 0, False, self.given_up, False))
+                    with lock:
+                        run = [item for item in run if item.key not in waiting]
+                        if self.given_up is not None:
+                            for item in run:
+                                waiting[item.key] = item
+                                answers.put((item.key, 0, False, self.given_up, False))
+                            continue
+                    if not any(not object_path(self.repo, i.key).exists() for i in run):
                         continue
                     while not slots.acquire(timeout=0.2):
                         if stop.is_set() or halt.is_set() or \
@@ -146,8 +156,12 @@ class ProcessPlacer:
                             return
                     with lock:
                         helper = min(helpers, key=lambda h: len(h.outstanding))
-                        waiting[item.key] = item
-                        helper.send(item.key, item.url)
+                        run = [item for item in run if item.key not in waiting]
+                        for item in run:
+                            waiting[item.key] = item
+                            run_of[item.key] = number
+                        run_left[number] = len(run)
+                        helper.send(run)
             except (BrokenPipeError, OSError) as exc:
                 answers.put(RegistrationError(
                     f"a download helper process stopped unexpectedly ({exc.__class__.__name__});"
@@ -158,17 +172,28 @@ class ProcessPlacer:
                 for helper in helpers:
                     helper.close_input()
 
+        def answered(key: str) -> None:
+            """A key's answer came (under the lock): its run's slot is free after the last."""
+            number = run_of.pop(key, None)
+            if number is not None:
+                run_left[number] -= 1
+                if not run_left[number]:
+                    del run_left[number]
+                    slots.release()
+
         def read(helper: _Helper) -> None:
             assert helper.proc.stdout
             for line in helper.proc.stdout:
                 key, size, present, error, unreachable = line.rstrip("\n").split("\t", 4)
                 with lock:
                     helper.outstanding.discard(key)
-                slots.release()
+                    answered(key)
                 answers.put((key, int(size), present == "1", error or None, unreachable == "1"))
             helper.proc.wait()
             with lock:
                 lost, helper.outstanding = helper.outstanding, set()
+                for key in lost:
+                    answered(key)
             for key in lost:
                 answers.put((key, 0, False, f"the download helper process ended with status "
                                             f"{helper.proc.returncode} before it was done", False))
@@ -232,7 +257,6 @@ def main() -> int:
     """The helper process: see the module docstring."""
     from git_annex_remote_xnat.client import XnatClient
     from git_annex_remote_xnat.credentials import Credential
-    from git_annex_remote_xnat.urls import rest_path
 
     # failures are answered per file; retries logged by urllib3 are not for the user's terminal
     logging.getLogger().addHandler(logging.NullHandler())
@@ -241,12 +265,8 @@ def main() -> int:
     credential = Credential(**header["credential"]) if header["credential"] else None
     threads = int(header["threads"])
     client = XnatClient(header["url"], credential, retries=3, pool_size=max(4, 2 * threads))
-    base_url = header["url"]
     repo = Path(header["repo"])
     out_lock = threading.Lock()
-
-    def download(url: str, dest: Path, size: int, md5: str) -> None:
-        client.download(rest_path(url, base_url), dest, size=size, md5=md5)
 
     def answer(key: str, size: int, present: bool, error: str | None) -> None:
         unreachable = int(error is not None and client.given_up is not None)
@@ -262,13 +282,21 @@ def main() -> int:
         else:
             answer(item.key, fetched.size, False, fetched.error)
 
-    def items() -> Iterator[Entry]:
+    def runs() -> Iterator[list[Entry]]:
+        run: list[Entry] = []
         for line in sys.stdin:
             key, _, url = line.rstrip("\n").partition("\t")
-            yield Entry("", key, url)
+            if key:
+                run.append(Entry("", key, url))
+            elif run:
+                yield run
+                run = []
+        if run:
+            yield run
 
+    source = Source(client, header["url"], header.get("archives", "auto"))
     try:
-        AnnexPlacer(repo, download, threads, uuid="").fetch_each(items(), report)
+        AnnexPlacer(repo, source, threads, uuid="").fetch_each(runs(), report)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -6,7 +6,11 @@ does, even from a local `directory` special remote (benchmarks/RESULTS.md, secti
 git-annex does for a locked file, in bulk:
 
 1. download with the shared XnatClient (several in flight), verified against the key's size and
-   MD5, into `.git/annex/tmp/` (on the same file system, so the final move is a rename);
+   MD5, into `.git/annex/tmp/` (on the same file system, so the final move is a rename): the
+   wanted files of one resource that arrive one after another come as one zip of the resource
+   where zipstream.use_archive says that is cheaper (many small files: one request instead of
+   one each), each member verified as a single download is; what the archive did not deliver
+   whole is fetched alone;
 2. move it to `.git/annex/objects/<hashdirmixed>/<key>/<key>` and remove the write bits from the
    file and its directory, as git-annex's freezeContent does;
 3. record "present here" for every placed key in git-annex's location logs with one fast-import
@@ -20,6 +24,7 @@ get` instead (fetch.py). Either way `git annex fsck` finds the same state.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -31,13 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from git_annex_remote_xnat.keys import object_relpath, parse_key
-from git_annex_remote_xnat.messages import error_text
+from git_annex_remote_xnat.keys import key_size, object_relpath, parse_key
+from git_annex_remote_xnat.messages import error_text, one_line
+from git_annex_remote_xnat.urls import resource_of, rest_path
+from git_annex_remote_xnat.zipstream import Wanted, use_archive
 
 from ..config import DatasetSettings
 from .gitannex import RegistrationError, journal_is_empty, record_present
 from .recovery import Journal
 from .spool import Entry
+
+lgr = logging.getLogger("datalad.xnat.update")
 
 # git config settings under which git-annex would place or protect content differently
 # (annex.tune.* changes the object directory layout)
@@ -74,6 +83,45 @@ def direct_fetch_refusal(repo: Path, settings: DatasetSettings) -> str | None:
     return None
 
 
+class Source:
+    """Where placed content comes from: one logged-in client and the server's xnat: URLs."""
+
+    def __init__(self, client, base_url: str, archives: str = "auto") -> None:
+        """`archives`: datalad.xnat.fetch-archives (auto, always, never)."""
+        self.client = client
+        self.base_url = base_url
+        self.archives = archives
+
+    def download(self, url: str, dest: Path, size: int, md5: str) -> None:
+        """One file, verified; raises with a one-line message."""
+        self.client.download(rest_path(url, self.base_url), dest, size=size, md5=md5)
+
+    def resource(self, url: str) -> tuple[str, str, str]:
+        """(files listing path, resource label, path in the resource) of a file's URL."""
+        return resource_of(url, self.base_url)
+
+    def archive(self, listing: str, label: str, wanted: dict[str, Wanted], listed_bytes: int,
+                listed_files: int) -> Iterator[tuple[str, str | None]]:
+        """Several files of one resource from one zip (XnatClient.download_archive)."""
+        return self.client.download_archive(listing, label, wanted, listed_bytes, listed_files)
+
+
+def resource_runs(entries: Iterable[Entry], base_url: str) -> Iterator[list[Entry]]:
+    """The entries in their order, in runs of consecutive entries of one resource (a listing
+    gives a resource's files one after another: each run is a candidate for one archive)."""
+    run: list[Entry] = []
+    listing = None
+    for entry in entries:
+        this = resource_of(entry.url, base_url)[0]
+        if run and this != listing:
+            yield run
+            run = []
+        listing = this
+        run.append(entry)
+    if run:
+        yield run
+
+
 def object_path(repo: Path, key: str) -> Path:
     """Where git-annex keeps the content of `key` in a non-bare repository."""
     return repo / object_relpath(key)
@@ -82,15 +130,15 @@ def object_path(repo: Path, key: str) -> Path:
 class AnnexPlacer:
     """Downloads wanted keys with a client and puts them into one dataset's annex."""
 
-    def __init__(self, repo: Path, download: Callable[[str, Path, int, str], object],
-                 jobs: int, uuid: str, journal: Journal | None = None) -> None:
-        """`download(url, dest, size, md5)` fetches one xnat: URL verified (XnatClient.download
-        behind a URL-to-REST-path mapping) and raises with a one-line message on failure.
-        With a `journal`, a marker says content may be here unrecorded (see mark())."""
+    def __init__(self, repo: Path, source: Source | None, jobs: int, uuid: str,
+                 journal: Journal | None = None) -> None:
+        """`source` fetches xnat: URLs verified (None: a placer that only records and
+        discards what others placed). With a `journal`, a marker says content may be here
+        unrecorded (see mark())."""
         self.repo = repo
         self.journal = journal
         self.marker: Path | None = None
-        self.download = download
+        self.source = source
         self.jobs = max(1, jobs)
         self.uuid = uuid  # the repository's own annex.uuid: record() says the content is here
         self._in_flight: set[str] = set()
@@ -104,43 +152,66 @@ class AnnexPlacer:
         set, no further download starts. With `record`, the location log is written at the
         end, also when the caller stops early or an error escapes; without it, the caller
         calls record() (or discard())."""
+        assert self.source is not None
         self.mark()
         scratch = self._scratch()
         try:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
                 running: set[Future] = set()
-                for item in wanted:
+                for run in resource_runs(wanted, self.source.base_url):
                     if stop is not None and stop.is_set():
                         break
-                    if not self._claim(item):
-                        continue
-                    running.add(pool.submit(self._fetch_one, item, scratch))
-                    if len(running) >= self.jobs * 4:
-                        done, running = wait(running, return_when=FIRST_COMPLETED)
-                        yield from (future.result() for future in done)
+                    claimed = [item for item in run if self._claim(item)]
+                    for task, items in self._tasks(run, claimed):
+                        running.add(pool.submit(task, items, scratch))
+                        if len(running) >= self.jobs * 4:
+                            done, running = wait(running, return_when=FIRST_COMPLETED)
+                            for future in done:
+                                yield from future.result()
                 for future in running:
-                    yield future.result()
+                    yield from future.result()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             if record:
                 self.record()
 
-    def fetch_each(self, wanted: Iterable[Entry],
+    def fetch_each(self, runs: Iterable[list[Entry]],
                    report: Callable[[Entry, Fetched | None], None]) -> None:
-        """Like fetch_all, for a caller whose input may wait: `report` is called from the
-        download threads as each download ends (Fetched), and at once for a key that is
-        present already or wanted twice (None). Returns when all are done; records nothing."""
+        """Like fetch_all, for a caller whose input may wait and comes in runs of one resource
+        (resource_runs): `report` is called from the download threads as each download ends
+        (Fetched), and at once for a key that is present already or wanted twice (None).
+        Returns when all are done; records nothing."""
         scratch = self._scratch()
+
+        def reported(done: Future) -> None:
+            for fetched in done.result():
+                report(fetched.wanted, fetched)
         try:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                for item in wanted:
-                    if not self._claim(item):
-                        report(item, None)
-                        continue
-                    future = pool.submit(self._fetch_one, item, scratch)
-                    future.add_done_callback(lambda done, item=item: report(item, done.result()))
+                for run in runs:
+                    claimed = []
+                    for item in run:
+                        if self._claim(item):
+                            claimed.append(item)
+                        else:
+                            report(item, None)
+                    for task, items in self._tasks(run, claimed):
+                        pool.submit(task, items, scratch).add_done_callback(reported)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _tasks(self, run: list[Entry], claimed: list[Entry]
+               ) -> list[tuple[Callable[[list[Entry], Path], list[Fetched]], list[Entry]]]:
+        """How to fetch the claimed keys of one run: one archive of their resource, or one
+        download each (zipstream.use_archive decides from counts and sizes; the run, with the
+        keys present already, stands for the resource's listing)."""
+        assert self.source is not None
+        sized = [item for item in claimed if parse_key(item.key)[1] is not None]
+        if use_archive(self.source.archives, len(sized), sum(key_size(i.key) or 0 for i in sized),
+                       len(run), sum(key_size(i.key) or 0 for i in run)):
+            others = [item for item in claimed if parse_key(item.key)[1] is None]
+            return [(self._fetch_archive, sized)] + [(self._fetch_singly, [i]) for i in others]
+        return [(self._fetch_singly, [item]) for item in claimed]
 
     def mark(self) -> None:
         """Before the first placement: leave a marker until the caller is done (it removes
@@ -166,21 +237,67 @@ class AnnexPlacer:
             self._in_flight.add(item.key)
         return True
 
+    def _fetch_singly(self, items: list[Entry], scratch: Path) -> list[Fetched]:
+        return [self._fetch_one(item, scratch) for item in items]
+
     def _fetch_one(self, item: Entry, scratch: Path) -> Fetched:
+        assert self.source is not None
         size, md5 = parse_key(item.key)
         if size is None or md5 is None:
+            self._release(item.key)
             return Fetched(item, 0, f"{item.key} is not an MD5E key; use `git annex get`")
         tmp = scratch / f"{threading.get_ident()}-{item.key}"
         try:
-            self.download(item.url, tmp, size, md5)
+            self.source.download(item.url, tmp, size, md5)
             self._place(item.key, tmp)
         except Exception as exc:  # noqa: BLE001 - every failure is reported for its file
             tmp.unlink(missing_ok=True)
             return Fetched(item, size, error_text(exc))
         finally:
-            with self._lock:
-                self._in_flight.discard(item.key)
+            self._release(item.key)
         return Fetched(item, size)
+
+    def _fetch_archive(self, items: list[Entry], scratch: Path) -> list[Fetched]:
+        """The MD5E keys of one resource from one zip of it, each member verified and placed
+        as it arrives; whatever the archive did not deliver whole is fetched alone (with the
+        retries of a single download), so a broken archive costs time, never a bad file."""
+        assert self.source is not None
+        listing, label, _ = self.source.resource(items[0].url)
+        wanted: dict[str, Wanted] = {}
+        pending: dict[str, Entry] = {}
+        for item in items:
+            size, md5 = parse_key(item.key)
+            assert size is not None and md5 is not None
+            path = self.source.resource(item.url)[2]
+            wanted[path] = Wanted(scratch / f"{threading.get_ident()}-{item.key}", size, md5)
+            pending[path] = item
+        results = []
+        try:
+            for path, error in self.source.archive(listing, label, wanted,
+                                                   sum(w.size for w in wanted.values()),
+                                                   len(wanted)):
+                if error is not None:
+                    lgr.debug("%s: %s in the archive of %s; fetched alone", path, error, listing)
+                    continue
+                item = pending.pop(path)
+                try:
+                    self._place(item.key, wanted[path].dest)
+                except Exception as exc:  # noqa: BLE001 - reported for its file
+                    wanted[path].dest.unlink(missing_ok=True)
+                    results.append(Fetched(item, wanted[path].size, error_text(exc)))
+                else:
+                    results.append(Fetched(item, wanted[path].size))
+                finally:
+                    self._release(item.key)
+        except Exception as exc:  # noqa: BLE001 - the archive failed: the rest comes alone
+            lgr.debug("the archive of %s failed (%s); %d files fetched alone", listing,
+                      one_line(exc), len(pending))
+        results.extend(self._fetch_one(item, scratch) for item in pending.values())
+        return results
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._in_flight.discard(key)
 
     def _place(self, key: str, tmp: Path) -> None:
         final = object_path(self.repo, key)
