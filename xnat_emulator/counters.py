@@ -2,7 +2,13 @@
 
 * `total`: requests answered;
 * `by_route`: {"GET /data/experiments/{E}/scans/{SC}/files": n, ...} keyed by route template
-  (method + template; the `/data/archive` prefix is kept when the client used it);
+  (method + template; the `/data/archive` prefix is kept when the client used it). A request
+  for an archive (`format=zip|tar|tar.gz`, `tgz` and the MIME names counted as these, of a
+  files listing, or `format=zip` of one file) is counted under its template with
+  `?format=` and the archive added, whatever its answer (`paths.counter_key`):
+  "GET /data/experiments/{E}/scans/{SC}/resources/{R}/files?format=zip",
+  "GET .../files/{path}?format=zip"; the plain template counts listings and file downloads
+  only;
 * `by_status`: {200: n, 401: n, ...};
 * `bytes_sent`: response body bytes written;
 * `reset()` zeroes everything; `snapshot()` returns a plain dict copy.

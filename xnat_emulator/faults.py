@@ -35,6 +35,16 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
 * `endless_errors` (bool or int bytes): every 5xx answer (of `error_rate`,
   `fail_every_nth_download` or the emulator itself) is an HTML status page that never ends (or
   ends after that many bytes), sent chunked: a proxy's error page gone wrong.
+* `corrupt_archives` (bool or float 0..1, the probability per archive): zip and tar downloads
+  (`format=zip|tar|tar.gz` of a files listing, or of one file) carry altered bytes in one
+  member's data (the second member with content, else the first) while its CRC-32 and sizes
+  are those of the true content: a zip reader sees a CRC mismatch for that member, and any
+  reader an MD5 mismatch. Single-file downloads are unchanged.
+* `truncate_archives` (bool, float 0..1 or int bytes): zip and tar downloads stop after about
+  half of their bytes (True, or a float: the probability per archive) or after that many bytes
+  (an int; an archive shorter than that is sent whole), in the middle of a chunk, and the
+  connection closes without the chunked terminator: a broken connection. Single-file
+  downloads are unchanged.
 """
 
 from __future__ import annotations
@@ -62,6 +72,8 @@ DEFAULTS = {
     "endless_listings": False,
     "endless_login": False,
     "endless_errors": False,
+    "corrupt_archives": False,
+    "truncate_archives": False,
 }
 
 
@@ -123,6 +135,17 @@ class Faults:
         if self._chance(self.corrupt_downloads):
             return "corrupt"
         return None
+
+    def archive_fault(self) -> tuple[bool, "str | int | None"]:
+        """Called once per archive GET: (corrupt, truncate), truncate None, "half" or the
+        number of bytes after which the archive stops."""
+        corrupt = self._chance(self.corrupt_archives)
+        t = self.truncate_archives
+        if isinstance(t, bool) or isinstance(t, float):
+            return corrupt, ("half" if self._chance(t) else None)
+        if t and int(t) > 0:
+            return corrupt, int(t)
+        return corrupt, None
 
 
 class Endless:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 from . import file_routes
 from .faults import Endless
 from .model import Experiment, Subject
-from .paths import Target
+from .paths import Target, archive_format
 from .representations import RESERVED, like, table
 from .scope import Scope, file_pairs, iter_file_rows, level_resources
 from .wire import Request, Response
@@ -227,8 +227,9 @@ def files(app: "App", req: Request, scope: Scope, t: Target) -> Response:
     """A files listing, or the same files as an archive when the format asks for one."""
     pairs = file_pairs(scope, t)
     fmt = req.fmt
-    if fmt in file_routes.ARCHIVE_FORMATS:
-        return file_routes.archive(req, scope, t, pairs, kind=fmt)
+    arch = archive_format(t.template, fmt)
+    if arch is not None:
+        return file_routes.archive(app, req, scope, t, pairs, kind=arch)
     drop = bool(app.faults.drop_digests) or not app.checksums
     columns_meta = [{"key": "URI", "serverRoot": app.context_path}]
 

@@ -1,7 +1,8 @@
 """The URL grammar: the one place that knows which paths exist.
 
 `route(path)` names every request by (template, kind, payload): the template is the counters'
-key, the kind picks the route function in `app`, the payload is what the path carries. Below
+key (`counter_key` adds `?format=zip|tar|tar.gz` to an archive request's), the kind picks the
+route function in `app`, the payload is what the path carries. Below
 `/data` (or `/REST`, either with `/archive`) `parse_data_path` walks one table of entity levels,
 so projects, subjects, experiments, scans and assessors share one parser and each level only
 says what may follow it.
@@ -125,6 +126,32 @@ def _resource_tail(t: Target, tpl: list[str], segs: list[str], i: int) -> int:
         t.path = "/".join(rest)
         tpl.append("{path}")
     return n
+
+
+# `format` values (as `Request.fmt` gives them) that ask for an archive, and its canonical name
+ARCHIVE_FORMATS = {"zip": "zip", "tar": "tar", "tar.gz": "tar.gz", "tgz": "tar.gz"}
+
+
+def archive_format(template: str, fmt: str) -> str | None:
+    """The archive ("zip", "tar" or "tar.gz") a request for `template` (a /data route's) with
+    format `fmt` asks for, or None: a files listing (`.../files`, `.../files/{path}/`) takes
+    all three, one file (`.../files/{path}`) only zip."""
+    kind = ARCHIVE_FORMATS.get(fmt or "")
+    if kind is None:
+        return None
+    if template.endswith("/files") or template.endswith("/files/{path}/"):
+        return kind
+    if template.endswith("/files/{path}") and kind == "zip":
+        return kind
+    return None
+
+
+def counter_key(method: str, template: str, kind: str, fmt: str) -> str:
+    """The counters' key of a request: method and template, and for an archive of a /data
+    route (`kind` "data") `?format=` its archive, e.g.
+    "GET /data/experiments/{E}/scans/{SC}/resources/{R}/files?format=zip"."""
+    arch = archive_format(template, fmt) if kind == "data" else None
+    return f"{method} {template}" + (f"?format={arch}" if arch else "")
 
 
 def route(path: str) -> tuple[str, str, object]:

@@ -5,8 +5,9 @@ asks the `App` for the `Response`, and writes it back.
 `ssl.SSLContext`, it speaks HTTPS (the handshake runs in the connection's own thread).
 Besides framing (bodies with Content-Length, streams with a known length, chunked archives),
 the handler applies the faults that act on the wire: delays and random errors before
-dispatch, and the download rate, truncation and corruption while a file's body is sent. It
-counts every request by its route template and the bytes it sent.
+dispatch, the download rate, truncation and corruption while a file's body is sent, and the
+break-off of a truncated archive (`Response.cut_after`). It counts every request by its
+route template (`paths.counter_key`: an archive's with its `?format=`) and the bytes it sent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .app import App
 from .faults import Endless
-from .paths import route
+from .paths import counter_key, route
 from .wire import Request, Response, error_response
 
 
@@ -94,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         if resp.status >= 500 and app.faults.endless_errors:
             resp = Response(resp.status, b"", resp.ctype, resp.headers, stream=Endless(
                 resp.body, b"<p>Internal error</p>\n", app.faults.endless_errors))
-        app.counters.record(f"{self.command} {template}", resp.status)
+        app.counters.record(counter_key(self.command, template, kind, req.fmt), resp.status)
         try:
             self._write(req, resp)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
@@ -138,14 +139,33 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.end_headers()
         sent = 0
+        cut = resp.cut_after
         try:
             for chunk in resp.stream.iter_bytes():
-                if chunk:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    sent += len(chunk)
+                if not chunk:
+                    continue
+                if cut is not None and sent + len(chunk) >= cut:
+                    # the truncate_archives fault: a chunk announced whole, sent in part,
+                    # then the connection drops (no terminating chunk)
+                    part = chunk[:cut - sent]
+                    self.wfile.write(b"%x\r\n%s" % (len(chunk), part))
+                    sent += len(part)
+                    self._break_connection()
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
             self.wfile.write(b"0\r\n\r\n")
         finally:
             app.counters.add_bytes(sent)
+
+    def _break_connection(self) -> None:
+        """End the response here: flush what was written and shut the connection down."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def end_headers_and(self, body: bytes) -> None:
         """Send headers and a small body in one write (avoids Nagle/delayed-ACK stalls)."""
@@ -183,12 +203,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers_and(b"")
         app.counters.add_bytes(sent)
         if fault == "truncate":
-            self.close_connection = True
-            try:
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._break_connection()
 
 
 class Server(ThreadingHTTPServer):

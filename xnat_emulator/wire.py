@@ -61,6 +61,7 @@ class Response:
         self.length = length          # Content-Length for a stream, if known
         self.fault: str | None = None  # download fault to apply while streaming
         self.offset = 0                # first byte of a blob stream (Range)
+        self.cut_after: int | None = None  # a chunked stream breaks off after this many bytes
 
 
 class Request:
