@@ -56,7 +56,7 @@ def file_gets(counts: dict[str, int]) -> int:
 
 
 def archive_gets(counts: dict[str, int]) -> int:
-    return sum(n for route, n in counts.items() if route.endswith("/resources/{R}/files"))
+    return sum(n for route, n in counts.items() if route.endswith("/files?format=zip"))
 
 
 def prepared(xnat, ds, processes: str = "1") -> dict[str, bytes]:
@@ -105,3 +105,17 @@ def test_a_bad_archive_setting_is_one_line_and_changes_nothing(xnat, alice, ds):
     errors = [r for r in results("xnat-update", cwd=ds) if r["status"] == "error"]
     assert len(errors) == 1 and "fetch-archives" in errors[0]["message"], errors
     assert state(ds) == before
+
+
+@pytest.mark.parametrize("fault", ["corrupt_archives", "truncate_archives"])
+def test_a_broken_archive_costs_single_downloads_never_a_bad_file(xnat, alice, ds, fault):
+    """A member that is not what was listed, or an archive that breaks off: no bad or partial
+    file is kept, and what the archive did not deliver whole is fetched alone, verified."""
+    files = prepared(xnat, ds)
+    setattr(xnat.faults, fault, True)
+    summary = {}
+    counts = requests_of(xnat, lambda: summary.update(update(ds, "-J", "4")))
+    assert summary["failed"] == 0, summary
+    assert archive_gets(counts) >= 1 and file_gets(counts) > sum(
+        n for n in resources(xnat).values() if n < 3), counts
+    assert_all_verified(ds, files)

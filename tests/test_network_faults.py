@@ -36,19 +36,27 @@ def closed_site_user(monkeypatch, url: str) -> None:
 # ------------------------------------------------------------------ 1: retries under a fault mix
 
 
-def test_first_update_completes_under_the_fault_mix(emulator_factory, monkeypatch, tmp_path):
+@pytest.mark.parametrize("archives", ["never", "auto"])
+def test_first_update_completes_under_the_fault_mix(archives, emulator_factory, monkeypatch,
+                                                    tmp_path):
     """XNAT's Tomcat answers 500 for transient failures; with them, broken bodies and sessions
-    that expire every 50 requests, one first update with 4 jobs still gets every file."""
+    that expire every 50 requests, one first update with 4 jobs still gets every file: one file
+    at a time (archives never), or as archives that break off or hold a corrupted member,
+    whose missing files then come alone under the same faults (auto)."""
     emu = emulator_factory(preset="files", files=400, file_size=1024, require_login=True)
     closed_site_user(monkeypatch, emu.url)
     ds = tmp_path / "ds"
     datalad("create", str(ds))
     init(ds, emu.url, "-p", "BENCH")
+    run(["git", "config", "datalad.xnat.fetch-archives", archives], cwd=ds)
     emu.faults.error_rate = 0.05
     emu.faults.error_status = 500
     emu.faults.truncate_downloads = 0.05
     emu.faults.corrupt_downloads = 0.05
     emu.faults.expire_sessions_after = 50
+    if archives == "auto":
+        emu.faults.truncate_archives = True   # every archive breaks off halfway
+        emu.faults.corrupt_archives = True
     emu.counters.reset()
     summary = update(ds, "-J", "4")
     by_status = emu.counters.by_status
@@ -268,6 +276,7 @@ def test_update_against_a_server_gone_silent_ends_with_one_error(
     datalad("create", str(ds))
     init(ds, emu.url, "-p", "BENCH")
     run(["git", "config", "datalad.xnat.fetch-processes", processes], cwd=ds)
+    run(["git", "config", "datalad.xnat.fetch-archives", "never"], cwd=ds)  # file by file
     emu.faults.silent = "downloads"
     records = results("xnat-update", "-J", "4", cwd=ds)
     emu.faults.silent = False
