@@ -148,8 +148,8 @@ class ProcessPlacer:
                                 waiting[item.key] = item
                                 answers.put((item.key, 0, False, self.given_up, False))
                             continue
-                    if not any(not object_path(self.repo, i.key).exists() for i in run):
-                        continue
+                    if all(object_path(self.repo, i.key).exists() for i in run):
+                        continue  # all present: nothing to send
                     while not slots.acquire(timeout=0.2):
                         if stop.is_set() or halt.is_set() or \
                                 all(h.proc.poll() is not None for h in helpers):
