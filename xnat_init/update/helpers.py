@@ -6,14 +6,16 @@ download threads cannot keep several cores busy; a few processes of a few thread
 (benchmarks/RESULTS.md, section 3, has the figures).
 
 A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from stdin: server,
-credential, repository and thread count. The secret travels through the pipe, never through
-the command line or the environment. Then it reads one wanted file per line (`key TAB url`),
-an empty line after each run of one resource's files (placement.resource_runs: the helper
-may fetch a run as one archive), downloads and places each with placement.AnnexPlacer, and
-answers one line per file:
+credential, repository, thread count, archive setting and a scratch folder (the parent's: it
+removes the folder once the helpers have ended, also when one was killed). The secret travels
+through the pipe, never through the command line or the environment. Then it reads one wanted
+file per line (`key TAB url`), an empty line after each run of one resource's files
+(placement.resource_runs: the helper may fetch a run as one archive), downloads and places each
+with placement.AnnexPlacer, and answers one line per file:
 `key TAB size TAB present TAB error TAB unreachable` (unreachable "1": the helper's client gave
 the server up, so the parent stops sending files to any helper). At end of input it finishes what
-it received and exits.
+it received and exits. A key a killed helper placed without answering is placed all the same
+(content is renamed into place only once verified).
 The parent (ProcessPlacer) records what was placed on git-annex's branch, as AnnexPlacer does.
 """
 
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,9 +33,12 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from git_annex_remote_xnat.keys import key_size
+
 from .gitannex import RegistrationError
 from .recovery import Journal
-from .placement import AnnexPlacer, Fetched, Source, object_path, resource_runs
+from .placement import (AnnexPlacer, Fetched, Source, fetch_scratch, object_path,
+                        resource_runs)
 from .spool import Entry
 
 # fewer files than this are not worth starting processes for (each costs a Python start-up)
@@ -127,7 +133,9 @@ class ProcessPlacer:
         stop = stop or threading.Event()
         halt = threading.Event()  # this call's own: the consumer stopped early
         self._recorder.mark()
-        helpers = [_Helper(self._header) for _ in range(self.processes)]
+        scratch = fetch_scratch(self.repo)
+        helpers = [_Helper(dict(self._header, scratch=str(scratch)))
+                   for _ in range(self.processes)]
         lock = threading.Lock()
         waiting: dict[str, Entry] = {}
         # runs under way, at most this many: a run is answered only once all of it was sent
@@ -195,6 +203,10 @@ class ProcessPlacer:
                 for key in lost:
                     answered(key)
             for key in lost:
+                if object_path(self.repo, key).exists():
+                    # placed (verified, then renamed into place) before its answer was written
+                    answers.put((key, key_size(key) or 0, False, None, False))
+                    continue
                 answers.put((key, 0, False, f"the download helper process ended with status "
                                             f"{helper.proc.returncode} before it was done", False))
             answers.put(None)
@@ -235,6 +247,7 @@ class ProcessPlacer:
                 answer = answers.get()
                 if isinstance(answer, tuple) and answer[3] is None and not answer[2]:
                     self.placed.append(answer[0])
+            shutil.rmtree(scratch, ignore_errors=True)
             if record:
                 self.record()
 
@@ -296,7 +309,8 @@ def main() -> int:
 
     source = Source(client, header["url"], header.get("archives", "auto"))
     try:
-        AnnexPlacer(repo, source, threads, uuid="").fetch_each(runs(), report)
+        AnnexPlacer(repo, source, threads, uuid="", scratch_root=Path(header["scratch"])
+                    ).fetch_each(runs(), report)
     except KeyboardInterrupt:
         return 130
     finally:

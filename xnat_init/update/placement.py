@@ -127,15 +127,26 @@ def object_path(repo: Path, key: str) -> Path:
     return repo / object_relpath(key)
 
 
+def fetch_scratch(repo: Path, inside: Path | None = None) -> Path:
+    """A new private folder in .git/annex/tmp, or in `inside` (a folder made here before):
+    the same file system as the objects, so that placing is a rename."""
+    root = inside or repo / ".git" / "annex" / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=root))
+
+
 class AnnexPlacer:
     """Downloads wanted keys with a client and puts them into one dataset's annex."""
 
     def __init__(self, repo: Path, source: Source | None, jobs: int, uuid: str,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, scratch_root: Path | None = None) -> None:
         """`source` fetches xnat: URLs verified (None: a placer that only records and
         discards what others placed). With a `journal`, a marker says content may be here
-        unrecorded (see mark())."""
+        unrecorded (see mark()). Partial downloads go to a folder of their own in
+        `scratch_root` (a helper's: its parent removes the root, also when the helper was
+        killed)."""
         self.repo = repo
+        self.scratch_root = scratch_root
         self.journal = journal
         self.marker: Path | None = None
         self.source = source
@@ -221,11 +232,7 @@ class AnnexPlacer:
             self.marker = self.journal.begin("content", self.repo, uuid=self.uuid)
 
     def _scratch(self) -> Path:
-        """A private folder in .git/annex/tmp (same file system as the objects: moves are
-        renames)."""
-        tmp_root = self.repo / ".git" / "annex" / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="xnat-fetch-", dir=tmp_root))
+        return fetch_scratch(self.repo, self.scratch_root)
 
     def _claim(self, item: Entry) -> bool:
         """Whether `item` is to be downloaded: not present yet and not under way already."""
