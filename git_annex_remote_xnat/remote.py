@@ -37,6 +37,7 @@ _MD5_STATE = "md5="  # the remote's state of a VURL key: the MD5 of its first co
 
 if TYPE_CHECKING:  # the real import is lazy: importing requests is a large part of a start
     from .client import XnatClient
+    from .sharing import ArchiveShare
 
 URL_PREFIX = "xnat:"
 # initremote parameters that would put a secret into git-annex's branch.
@@ -87,6 +88,7 @@ class XnatRemote(SpecialRemote):
         self._base_url: str | None = None
         self._credential_name: str | None = None
         self._client: XnatClient | None = None
+        self._share: ArchiveShare | None = None
 
     # ------------------------------------------------------------ configuration
 
@@ -245,6 +247,8 @@ class XnatRemote(SpecialRemote):
         return [url for url in self.annex.geturls(key, URL_PREFIX) if claims(url, base)]
 
     def close(self) -> None:
+        if self._share is not None:
+            self._share.close()  # no content of this run's archives stays behind
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -288,6 +292,11 @@ class XnatRemote(SpecialRemote):
         if md5 is None and is_vurl_key(key):
             md5 = self._first_copy_md5(key)
             first_copy = md5 is None
+        if md5 is not None and self._archives().retrieve(key, urls[0], filename,
+                                                         self._client_for_use):
+            if size is not None:
+                self.annex.progress(size)
+            return
         client = self._client_for_use()
         errors = []
         for url in urls:
@@ -302,6 +311,20 @@ class XnatRemote(SpecialRemote):
             except (XnatError, XnatUrlError) as exc:
                 raise fail(self._explain(exc)) from exc
         raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
+
+    def _archives(self) -> "ArchiveShare":
+        """The run's shared archives (sharing.py), set up at the first transfer: reading
+        datalad.xnat.fetch-archives costs a git process, which PREPARE must not."""
+        if self._share is None:
+            from .sharing import ArchiveShare, SettingError, configured_mode
+
+            try:
+                mode = configured_mode()
+            except SettingError as exc:
+                raise fail(str(exc)) from exc
+            self._share = ArchiveShare(self.annex.getgitdir(), self._base_url or "", mode,
+                                       debug=lambda text: self.annex.debug(one_line(text)))
+        return self._share
 
     def _first_copy_md5(self, key: str) -> str | None:
         """The MD5 of a VURL key's first download, recorded in the remote's state.

@@ -18,6 +18,28 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 
+# When one archive of a resource beats a request per file (`worth_an_archive`): on a real XNAT a
+# request costs about 50 ms, so a few small files already pay for the archive's one request; big
+# files gain nothing from it, and a resource mostly held already would be sent again for little.
+ARCHIVE_MIN_FILES = 3
+ARCHIVE_MAX_MEAN_BYTES = 16 * 1024 * 1024
+
+
+def worth_an_archive(wanted_files: int, wanted_bytes: int, listed_files: int,
+                     listed_bytes: int) -> bool:
+    """Whether to fetch the `wanted_files` files (`wanted_bytes` in all) of a resource that lists
+    `listed_files` files of `listed_bytes` as one zip of the whole resource rather than one by one.
+
+    The one policy of every fetcher (the special remote, xnat-update's): at least
+    ARCHIVE_MIN_FILES files, of at most ARCHIVE_MAX_MEAN_BYTES on average, that make at least half
+    of the resource's bytes (the archive sends all of them; what is not wanted is read past).
+    """
+    del listed_files  # in the signature for the fetchers' sake: what they know of a resource
+    return (wanted_files >= ARCHIVE_MIN_FILES
+            and wanted_bytes <= ARCHIVE_MAX_MEAN_BYTES * wanted_files
+            and 2 * wanted_bytes >= listed_bytes)
+
+
 @dataclass(frozen=True)
 class Wanted:
     """One member wanted from an archive: where its verified content goes, and what it is."""
