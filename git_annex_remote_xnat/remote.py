@@ -7,7 +7,8 @@ network and no keyring access.
 
 Files are located by the `xnat:` URLs registered for each key (`GETURLS key xnat:`); the remote
 claims only its own server's URLs, so one dataset can track several XNAT servers. Content is never
-stored or removed through git-annex: STORE and REMOVE fail with a reason.
+stored or removed through git-annex: STORE and REMOVE fail with a reason. Many small files of
+one resource come from one zip of it, shared by the run's -J processes (sharing.py).
 
 Configuration (`git annex initremote NAME type=external externaltype=xnat ...`):
   url=         the XNAT server, e.g. https://xnat.example.org[/context]   (required)

@@ -267,3 +267,21 @@ def test_a_broken_archive_still_gets_every_file_verified(xnat, clone, monkeypatc
     assert archives.total >= 1  # the archives were asked for, and failed
     assert file_gets(xnat) > len(SCANS) + 2, xnat.counters.snapshot()
     nothing_left(clone)
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_run(xnat, clone):
+    """A run killed outright leaves its directory (content included); the next run's first
+    transfer removes it, since that run's git-annex is gone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    leftover = clone / ".git" / "annex" / "tmp" / "xnat-archives" / str(gone.pid) / "0123abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "MD5E-s3--900150983cd24fb0d6963f7d28e17f72.dcm").write_bytes(b"abc")
+    (leftover / "lock").touch()
+    one = sorted((clone / scan_dir(clone, "105")).glob("slice*.dcm"))[0]
+    run(["git", "annex", "get", str(one.relative_to(clone))], cwd=clone)
+    assert not leftover.parent.exists()
+    nothing_left(clone)
