@@ -2,9 +2,9 @@
 
 Real DataLad (xnat-init, xnat-update --reckless fast, clone), real git-annex with its -J remote
 processes, real HTTP against the emulator. An archive answer is counted where the emulator
-builds it (`file_routes.archive`, wrapped here): its route key is the files listing's, which the
-remote also asks for (`GET .../resources/{R}/files`), so the route counters alone cannot tell a
-listing from a zip.
+builds it (`file_routes.archive`, wrapped here), by the path asked for: in this emulator its route
+key is the files listing's, which the remote also asks for (`GET .../resources/{R}/files`), and
+a route key (even one with its `?format=`) would not tell the resources apart.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ class ArchiveCount:
         self.by_path: Counter = Counter()
         real = file_routes.archive
 
-        def counted(req, *args, **kwargs):
+        def counted(*args, **kwargs):  # archive(req, ...), or archive(app, req, ...)
+            req = next(arg for arg in args if hasattr(arg, "raw_path"))
             self.by_path[req.raw_path] += 1
-            response = real(req, *args, **kwargs)
+            response = real(*args, **kwargs)
             return breaker(response) if breaker else response
 
         monkeypatch.setattr(file_routes, "archive", counted)
