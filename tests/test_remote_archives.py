@@ -10,7 +10,6 @@ a route key (even one with its `?format=`) would not tell the resources apart.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ from tests.conftest import run
 from tests.test_xnat_commands import alice, datalad, ds, init, update  # noqa: F401 - fixtures
 
 RESOURCE = "SLICES"
-# scan -> (files, subfolder of each file): four resources of 3 or more files, one of two
+# (session, scan) -> files of its SLICES resource: four resources of 3 files or more, one of two
 SCANS = {("XNAT_E00001", "101"): 12, ("XNAT_E00001", "102"): 10, ("XNAT_E00001", "103"): 12,
          ("XNAT_E00001", "104"): 2, ("XNAT_E00002", "105"): 8}
 FILES = sum(SCANS.values())
