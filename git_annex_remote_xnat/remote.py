@@ -7,7 +7,8 @@ network and no keyring access.
 
 Files are located by the `xnat:` URLs registered for each key (`GETURLS key xnat:`); the remote
 claims only its own server's URLs, so one dataset can track several XNAT servers. Content is never
-stored or removed through git-annex: STORE and REMOVE fail with a reason.
+stored or removed through git-annex: STORE and REMOVE fail with a reason. Many small files of
+one resource come from one zip of it, shared by the run's -J processes (sharing.py).
 
 Configuration (`git annex initremote NAME type=external externaltype=xnat ...`):
   url=         the XNAT server, e.g. https://xnat.example.org[/context]   (required)
@@ -37,6 +38,7 @@ _MD5_STATE = "md5="  # the remote's state of a VURL key: the MD5 of its first co
 
 if TYPE_CHECKING:  # the real import is lazy: importing requests is a large part of a start
     from .client import XnatClient
+    from .sharing import ArchiveShare
 
 URL_PREFIX = "xnat:"
 # initremote parameters that would put a secret into git-annex's branch.
@@ -87,6 +89,7 @@ class XnatRemote(SpecialRemote):
         self._base_url: str | None = None
         self._credential_name: str | None = None
         self._client: XnatClient | None = None
+        self._share: ArchiveShare | None = None
 
     # ------------------------------------------------------------ configuration
 
@@ -245,6 +248,8 @@ class XnatRemote(SpecialRemote):
         return [url for url in self.annex.geturls(key, URL_PREFIX) if claims(url, base)]
 
     def close(self) -> None:
+        if self._share is not None:
+            self._share.close()  # no content of this run's archives stays behind
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -288,6 +293,11 @@ class XnatRemote(SpecialRemote):
         if md5 is None and is_vurl_key(key):
             md5 = self._first_copy_md5(key)
             first_copy = md5 is None
+        if md5 is not None and self._archives().retrieve(key, urls[0], filename,
+                                                         self._client_for_use):
+            if size is not None:
+                self.annex.progress(size)
+            return
         client = self._client_for_use()
         errors = []
         for url in urls:
@@ -302,6 +312,20 @@ class XnatRemote(SpecialRemote):
             except (XnatError, XnatUrlError) as exc:
                 raise fail(self._explain(exc)) from exc
         raise fail(errors[0] if len(errors) == 1 else "; ".join(errors))
+
+    def _archives(self) -> "ArchiveShare":
+        """The run's shared archives (sharing.py), set up at the first transfer: reading
+        datalad.xnat.fetch-archives costs a git process, which PREPARE must not."""
+        if self._share is None:
+            from .sharing import ArchiveShare, configured_mode
+
+            try:
+                mode = configured_mode()
+            except ValueError as exc:
+                raise fail(str(exc)) from exc
+            self._share = ArchiveShare(self.annex.getgitdir(), self._base_url or "", mode,
+                                       debug=lambda text: self.annex.debug(one_line(text)))
+        return self._share
 
     def _first_copy_md5(self, key: str) -> str | None:
         """The MD5 of a VURL key's first download, recorded in the remote's state.

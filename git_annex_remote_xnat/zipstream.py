@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 
-# When one archive is cheaper than a request per file (both sides of a fetch decide alike):
-# enough files wanted, small ones (large files gain nothing from sharing a request), and most
-# of the resource's bytes (the archive holds all of them).
+# When one archive of a resource beats a request per file (`worth_an_archive`): on a real XNAT a
+# request costs about 50 ms, so a few small files already pay for the archive's one request; big
+# files gain nothing from it, and a resource mostly held already would be sent again for little.
 ARCHIVE_MIN_FILES = 3
 ARCHIVE_MAX_MEAN_BYTES = 16 << 20
 ARCHIVE_SETTINGS = ("auto", "always", "never")   # datalad.xnat.fetch-archives
@@ -28,8 +28,13 @@ ARCHIVE_SETTINGS = ("auto", "always", "never")   # datalad.xnat.fetch-archives
 
 def worth_an_archive(wanted_files: int, wanted_bytes: int, listed_files: int,
                      listed_bytes: int) -> bool:
-    """Whether `wanted_files` files of a resource that lists `listed_files` files should come
-    as one archive of the resource rather than one request each."""
+    """Whether to fetch the `wanted_files` files (`wanted_bytes` in all) of a resource that lists
+    `listed_files` files of `listed_bytes` as one zip of the whole resource rather than one by one.
+
+    The one policy of every fetcher (the special remote, xnat-update's): at least
+    ARCHIVE_MIN_FILES files, of at most ARCHIVE_MAX_MEAN_BYTES on average, that make at least half
+    of the resource's bytes (the archive sends all of them; what is not wanted is read past).
+    """
     return (wanted_files >= ARCHIVE_MIN_FILES
             and wanted_bytes <= ARCHIVE_MAX_MEAN_BYTES * wanted_files
             and 2 * wanted_bytes >= listed_bytes and listed_files >= wanted_files)

@@ -361,12 +361,15 @@ def test_local_errors_fail_the_key_not_the_process(xnat, tmp_path):
     out = speak(["EXTENSIONS INFO", "PREPARE", f"VALUE {xnat.url}", "VALUE emu",
                  f"TRANSFER RETRIEVE {key} {tmp_path}/missing/dir/file",
                  f"VALUE {file_url(xnat.url, record)}", "VALUE",
+                 f"VALUE {tmp_path}/git",  # GETGITDIR, at the first transfer (sharing.py)
                  f"TRANSFER RETRIEVE {key} {tmp_path}/ok",
                  f"VALUE {file_url(xnat.url, record)}", "VALUE"], env)
-    assert out[6].startswith(f"TRANSFER-FAILURE RETRIEVE {key} local file error:"), out
+    assert out[6] == "GETGITDIR", out
+    assert out[7].startswith(f"TRANSFER-FAILURE RETRIEVE {key} local file error:"), out
     assert out[-1] == f"TRANSFER-SUCCESS RETRIEVE {key}"
     assert any(line.startswith("PROGRESS ") for line in out)
     assert hashlib.md5((tmp_path / "ok").read_bytes()).hexdigest() == record.md5
+    assert not (tmp_path / "git" / "annex" / "tmp" / "xnat-archives").exists()
 
 
 def test_checkpresent_is_three_valued(tmp_path, xnat, monkeypatch):
