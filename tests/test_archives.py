@@ -119,3 +119,18 @@ def test_a_broken_archive_costs_single_downloads_never_a_bad_file(xnat, alice, d
     assert archive_gets(counts) >= 1 and file_gets(counts) > sum(
         n for n in resources(xnat).values() if n < 3), counts
     assert_all_verified(ds, files)
+
+
+def test_a_refused_archive_is_asked_once_then_its_files_come_alone(xnat, alice, ds):
+    """A server whose archive service fails (503 to every zip): each archive is asked for
+    once, not retried like a file (the files' own downloads have the retries), and every file
+    comes alone, verified."""
+    files = prepared(xnat, ds)
+    xnat.faults.refuse_archives = 503
+    summary = {}
+    counts = requests_of(xnat, lambda: summary.update(update(ds, "-J", "4")))
+    listed = resources(xnat)
+    assert summary["failed"] == 0, summary
+    assert archive_gets(counts) == sum(1 for n in listed.values() if n >= 3), counts
+    assert file_gets(counts) == sum(listed.values()), counts
+    assert_all_verified(ds, files)

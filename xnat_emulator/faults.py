@@ -45,6 +45,8 @@ Attributes (plain, set them at any time; `clear()` restores the defaults):
   (an int; an archive shorter than that is sent whole), in the middle of a chunk, and the
   connection closes without the chunked terminator: a broken connection. Single-file
   downloads are unchanged.
+* `refuse_archives` (int status, 0 = off): zip and tar downloads answer that status (a 5xx:
+  an XNAT whose archive service fails, e.g. out of temporary space) while everything else works.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ DEFAULTS = {
     "endless_errors": False,
     "corrupt_archives": False,
     "truncate_archives": False,
+    "refuse_archives": 0,
 }
 
 

@@ -151,6 +151,8 @@ def archive(app: "App", req: Request, scope: Scope, t: Target, pairs,
         items = [(o, r, e) for o, r, _b, e in iter_file_rows(req, pairs, t)]
     if not items:
         raise HTTPError(404, "No matching files.")
+    if app.faults.refuse_archives:
+        raise HTTPError(int(app.faults.refuse_archives), "The archive could not be built.")
     if scope.assessor is not None:
         name = scope.assessor.label
     elif scope.experiments:

@@ -175,7 +175,8 @@ def download_archive(session: Session, listing_path: str, resource: str,
     retries of a single download. A failure of the archive itself (an HTTP error, a body that
     broke off, no zip) is raised as DownloadError after the members it placed were yielded.
     """
-    answer = session.request("GET", listing_path, params={"format": "zip"}, stream=True)
+    answer = session.request("GET", listing_path, params={"format": "zip"}, stream=True,
+                             retry=False)
     where = f"GET {safe_url(answer.url)}"
     limit = listed_bytes + ARCHIVE_OVERHEAD_PER_MEMBER * max(1, listed_files)
 

@@ -390,6 +390,8 @@ class Session:
         # Logging in again is harmless (at worst an extra server session that idles out), so
         # the login POST is retried like an idempotent request.
         self._login_retry = _retry_policy(retries, backoff_factor, IDEMPOTENT | {"POST"})
+        # One attempt, for requests whose caller has a cheaper way round a failure
+        self._no_retry = _retry_policy(0, backoff_factor)
         # A bad setting in the environment (timeout, CA bundle) fails the first request, like
         # any XnatError, so that every caller reports it as one line without handling it here.
         self._setup_error: XnatError | None = None
@@ -537,12 +539,13 @@ class Session:
         return self._given_up
 
     def request(self, method: str, rest_path: str, *, params: dict[str, str] | None = None,
-                stream: bool = False, compressed: bool = False) -> Answer:
+                stream: bool = False, compressed: bool = False, retry: bool = True) -> Answer:
         """A 2xx or 3xx answer to `method` `rest_path`, logged in; else the XnatError it means.
 
         A 401, or a login page where data was asked for, renews the XNAT session once and sends
         again. `stream` leaves the body unread for `Answer.chunks` (a GET of a file, as stored,
-        or with `compressed` a listing). The caller closes the answer.
+        or with `compressed` a listing). Without `retry`, a 5xx or a lost connection is not
+        sent again (an archive: its files have their own retries). The caller closes the answer.
         """
         if not self._logged_in:
             self.login()
@@ -551,7 +554,8 @@ class Session:
             url += "?" + urlencode(params)
         for attempt in range(2):
             generation = self._generation
-            answer = self._send(method, url, stream=stream, compressed=compressed)
+            answer = self._send(method, url, stream=stream, compressed=compressed,
+                                retry=None if retry else self._no_retry)
             if attempt == 1 or not (answer.status == 401 or self._is_login_page(answer)):
                 break
             answer.close()
