@@ -9,6 +9,10 @@ tools use; it neither checks digests nor writes anything but the files.
 With `annex_layout`, the outputs are git-annex's object paths instead
 (`.git/annex/objects/<hash>/<hash>/<key>/<key>`, a folder per key, each key once): what any tool
 that puts content into a dataset has to create on disk, minus hashing and bookkeeping.
+
+`prepare_archives` is the same with one URL per archive instead (`?format=zip` of a session's
+scans, `/data/experiments/{E}/scans/ALL/files`, or of one resource's files), each zip written to
+disk as it comes (not unzipped); `check_archives` reads their member lists afterwards.
 """
 
 from __future__ import annotations
