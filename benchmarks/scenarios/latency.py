@@ -125,6 +125,12 @@ def run(ctx: Context, selected: set) -> Section:
                         counters.setdefault(key, res.counters)
                     if res.ds is not None:
                         ctx.workdir(res.ds.parent.name)  # aside now, deleted after the run
+        # CPU time of each tool's processes: what is left of its time once the delay is paid
+        for fig in figs.values():
+            if fig.extra.get("cpu") and not fig.error:
+                sec.add(Figure(case, fig.tool, "CPU time (user + system)", "s",
+                               runs=list(fig.extra["cpu"]),
+                               note="all its processes; the same runs as its time"))
         # the requests each tool made (its first repetition; they do not vary between runs)
         for key, fig in figs.items():
             c = counters.get(key)
