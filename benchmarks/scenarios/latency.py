@@ -101,7 +101,7 @@ def run(ctx: Context, selected: set) -> Section:
                                                       f"latency-curl-zip-{tag}-{i}", jobs,
                                                       archives="session")),
                 ("curl-zip-res", lambda i: _runs.curl_run(ctx, emu, records,
-                                                          f"latency-curl-zipres-{tag}-{i}", jobs,
+                                                          f"latency-curl-zip-res-{tag}-{i}", jobs,
                                                           archives="resource")),
                 ("update", lambda i: _runs.ours_update(ctx, emu, n, f"latency-update-{tag}-{i}",
                                                        reckless_fast=False, check_content=True,
@@ -123,8 +123,11 @@ def run(ctx: Context, selected: set) -> Section:
                     res = step(i)
                     if _runs.add_run(figs[key], res):
                         counters.setdefault(key, res.counters)
-                    if res.ds is not None:
-                        ctx.workdir(res.ds.parent.name)  # aside now, deleted after the run
+                    # its scratch aside now (deleted once, untimed, after the run)
+                    ctx.workdir(res.ds.parent.name if res.ds is not None
+                                else f"latency-{key}-{tag}-{i}")  # curl's label
+            if origin is not None:
+                ctx.workdir(origin.parent.name)
         # CPU time of each tool's processes: what is left of its time once the delay is paid
         for fig in figs.values():
             if fig.extra.get("cpu") and not fig.error:
