@@ -25,7 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 WORK = BENCH_DIR / "work"  # git-ignored scratch: datasets, tables, logs
-OUR_BIN = REPO / ".venv" / "bin"
+# this checkout's .venv; a git worktree without one runs with the venv that runs the harness
+# (`/work/main/.venv/bin/python -m benchmarks.run` from the worktree)
+_OWN_BIN = REPO / ".venv" / "bin"
+OUR_BIN = _OWN_BIN if (_OWN_BIN / "python").exists() else Path(sys.prefix) / "bin"
 PEER_VENV = BENCH_DIR / ".peer-venv"
 PEER_BIN = PEER_VENV / "bin"
 CONSTRAINTS = REPO / "requirements" / "constraints.txt"
@@ -107,7 +110,9 @@ def prepare_home(home: Path) -> Path:
     return home
 
 
-OURS = Stack("ours", OUR_BIN)
+# PYTHONPATH: the code measured is this checkout's, even when the venv's editable install
+# points at another worktree of the project (PYTHON* of the harness's own environment is dropped)
+OURS = Stack("ours", OUR_BIN, {"PYTHONPATH": str(REPO)})
 PEER = Stack("peer", PEER_BIN)
 
 

@@ -26,6 +26,8 @@ class Sizes:
     memory: list  # files for the RSS series
     memory_full_max: int  # above this, scenario 4 measures enumeration + planning only
     rerun: int  # files for the nothing-changed update
+    latency_files: int = 2_000  # many small files at a per-response delay (scenario latency)
+    latency_file_size: int = 64 * 1024
     jobs: int = 8
 
     @classmethod
@@ -40,7 +42,8 @@ class Sizes:
         return cls(register=[500, 2_000], register_file_size=1024,
                    peer_sample=200, peer_full_max=200,
                    download_files=200, download_file_size=256 * 1024, peer_download_sample=100,
-                   memory=[1_000, 4_000, 16_000], memory_full_max=16_000, rerun=2_000)
+                   memory=[1_000, 4_000, 16_000], memory_full_max=16_000, rerun=2_000,
+                   latency_files=200)
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Context:
     quick: bool = False
     timeout: float = 1800.0  # per timed command
     memory_time_limit: float = 1200.0  # scenario 4 above memory_full_max
+    latency_delays: list = field(default_factory=lambda: [0.0, 0.02, 0.05])  # s per response
+    latency_download_rate: int = 0  # bytes/s per file body, 0 = no cap
     shared: dict = field(default_factory=dict)  # figures one scenario lends another
     log_lines: list = field(default_factory=list)
 

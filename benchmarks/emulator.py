@@ -46,15 +46,22 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
 
 
 class EmulatorProcess:
-    """`with EmulatorProcess(files=N, file_size=B) as emu:` -> emu.url, emu.counters(), emu.reset()."""
+    """`with EmulatorProcess(files=N, file_size=B) as emu:` -> emu.url, emu.counters(), emu.reset().
 
-    def __init__(self, files: int, file_size: int = 1024, start_timeout: float = 600):
+    `delay` (seconds per response) and `download_rate` (bytes/s of file bodies, 0 = no cap) are
+    the emulator's faults of those names (`--delay`, `--download-rate`)."""
+
+    def __init__(self, files: int, file_size: int = 1024, start_timeout: float = 600,
+                 delay: float = 0.0, download_rate: int = 0):
         self.files, self.file_size, self.start_timeout = files, file_size, start_timeout
+        self.delay, self.download_rate = delay, download_rate
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.users: dict = {}
         self.mode = ""
         self.log = WORK / "logs" / f"emulator-{files}x{file_size}.log"
+        self.fault_args = ((["--delay", str(delay)] if delay else [])
+                           + (["--download-rate", str(download_rate)] if download_rate else []))
 
     def _env(self) -> dict:
         env = dict(os.environ)
@@ -79,10 +86,11 @@ class EmulatorProcess:
         port = _free_port()
         if mode == "api":
             cmd = [python, "-m", "benchmarks.emuserver", "--files", str(self.files),
-                   "--file-size", str(self.file_size), "--port", str(port)]
+                   "--file-size", str(self.file_size), "--port", str(port)] + self.fault_args
         else:
             cmd = [python, "-m", "xnat_emulator", "--preset", "files", "--files", str(self.files),
-                   "--file-size", str(self.file_size), "--port", str(port), "--require-login"]
+                   "--file-size", str(self.file_size), "--port", str(port),
+                   "--require-login"] + self.fault_args
         err = open(self.log, "a")
         err.write(f"\n### {' '.join(cmd)}\n")
         err.flush()

@@ -1,6 +1,6 @@
 """The emulator in its own process, controlled over stdin/stdout (run by benchmarks.emulator).
 
-    python -m benchmarks.emuserver --files N --file-size B
+    python -m benchmarks.emuserver --files N --file-size B [--delay S] [--download-rate B]
 
 starts `xnat_emulator.Emulator(preset="files", ...)`, prints one JSON line `{"url": ..., "users": ...}`
 and then answers one JSON line per command read from stdin:
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, required=True)
     parser.add_argument("--file-size", type=int, default=1024)
     parser.add_argument("--port", type=int, default=0)
+    # faults of xnat_emulator (see xnat_emulator/faults.py), as its own CLI names them
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added per response")
+    parser.add_argument("--download-rate", type=int, default=0,
+                        help="bytes per second for file bodies (0 = unlimited)")
     args = parser.parse_args(argv)
 
     from xnat_emulator import Emulator  # noqa: PLC0415 (import cost stays out of the parent)
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(preset="files", files=args.files, file_size=args.file_size, require_login=True)
     if args.port:
         kwargs["port"] = args.port
+    if args.delay:
+        kwargs["delay"] = args.delay
+    if args.download_rate:
+        kwargs["download_rate"] = args.download_rate
     emu = Emulator(**kwargs)
     emu.start()
     out = sys.stdout

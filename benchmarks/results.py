@@ -206,7 +206,7 @@ def save(path: Path, meta: dict, sections: list[Section]) -> None:
     merged = {s["key"]: s for s in previous.get("sections", [])}
     for sec in sections:
         merged[sec.key] = asdict(sec)
-    order = ["register", "requests", "download", "memory", "rerun"]
+    order = ["register", "requests", "download", "memory", "rerun", "latency"]
     keys = sorted(merged, key=lambda k: order.index(k) if k in order else 99)
     all_sections = [_section_from_dict(merged[k]) for k in keys]
     if previous.get("meta") and set(merged) != {s.key for s in sections}:

@@ -4,7 +4,8 @@
     python -m benchmarks.run --quick            # small sizes, a few minutes -> benchmarks/work/RESULTS-quick.md
     python -m benchmarks.run --only register --only requests --reps 3
 
-Scenarios: register (1), requests (2), download (3), memory (4), rerun (5). Each tolerates either
+Scenarios: register (1), requests (2), download (3), memory (4), rerun (5), latency (7: many small
+files at a per-response delay, --latency-delays / --latency-download-rate). Each tolerates either
 side failing: the error goes into its table row instead of stopping the run.
 """
 
@@ -33,10 +34,10 @@ def _versions(ctx: Context, peer_desc: str) -> dict:
         "datalad (ours)": first_line(OURS, ["datalad", "--version"]),
         "git-annex (ours)": first_line(OURS, ["git", "annex", "version", "--raw"]),
         "peer venv": peer_desc,
-        "datalad (peer)": first_line(PEER, ["datalad", "--version"]) if "unavailable" not in
-        peer_desc else "—",
+        "datalad (peer)": first_line(PEER, ["datalad", "--version"]) if not ctx.peer_reason
+        else "—",
         "git-annex (peer)": first_line(PEER, ["git", "annex", "version", "--raw"]) if
-        "unavailable" not in peer_desc else "—",
+        not ctx.peer_reason else "—",
         "git": first_line(OURS, ["git", "--version"]),
         "curl": first_line(OURS, ["curl", "--version"]),
     }
@@ -67,6 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds an update may run at the largest memory size")
     parser.add_argument("--sizes", type=str, default=None,
                         help="override registration sizes, e.g. 10000,100000")
+    parser.add_argument("--latency-delays", type=str, default="0,0.02,0.05",
+                        help="latency: the emulator's --delay values, seconds per response "
+                             "(default 0,0.02,0.05)")
+    parser.add_argument("--latency-download-rate", type=int, default=0,
+                        help="latency: the emulator's --download-rate, bytes/s per file body "
+                             "(default 0: no cap)")
+    parser.add_argument("--latency-files", type=int, default=None,
+                        help="latency: files of 64 KiB (default 2000, 200 with --quick)")
     return parser.parse_args(argv)
 
 
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.peer_download_sample = args.peer_download_sample
     if args.sizes:
         sizes.register = [int(x) for x in args.sizes.split(",")]
+    if args.latency_files:
+        sizes.latency_files = args.latency_files
     output = args.output or (WORK / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md")
     selected = list(args.only or ALL)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -94,16 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the XNAT emulator is not usable, nothing can be measured: {problem}",
               file=sys.stderr)
         return 2
-    try:
-        peer_desc = peer.ensure_peer_venv()
-        peer_reason = None
-    except Exception as exc:  # noqa: BLE001 - any failure means "peer not run"
-        peer_desc, peer_reason = f"unavailable ({exc})", f"peer venv unavailable: {exc}"
+    if any(getattr(ALL[key], "USES_PEER", True) for key in selected):
+        try:
+            peer_desc = peer.ensure_peer_venv()
+            peer_reason = None
+        except Exception as exc:  # noqa: BLE001 - any failure means "peer not run"
+            peer_desc, peer_reason = f"unavailable ({exc})", f"peer venv unavailable: {exc}"
+    else:  # not created or checked when no selected scenario runs datalad-xnat
+        peer_desc = peer_reason = "not used by the selected scenarios"
     ctx = Context(sizes=sizes, reps=max(1, args.reps), home=home,
                   ours_reason=ours.readiness(home), peer_reason=peer_reason, quick=args.quick,
                   timeout=args.timeout)
     if args.memory_time_limit:
         ctx.memory_time_limit = args.memory_time_limit
+    ctx.latency_delays = [float(x) for x in args.latency_delays.split(",") if x.strip()]
+    ctx.latency_download_rate = max(0, args.latency_download_rate)
     ctx.log(f"peer: {peer_desc}")
     ctx.log(f"ours: {'ready' if not ctx.ours_reason else ctx.ours_reason}")
     meta = {"started": started, "machine": results.machine(), "versions": _versions(ctx, peer_desc),

@@ -1,6 +1,6 @@
 """One module per scenario; each has `run(ctx, selected) -> results.Section`."""
 
-from . import download, memory, register, requests, rerun
+from . import download, latency, memory, register, requests, rerun
 
 # in run order; `requests` and `rerun` reuse data from `register` when it ran first
 ALL = {
@@ -9,4 +9,5 @@ ALL = {
     "download": download,
     "memory": memory,
     "rerun": rerun,
+    "latency": latency,
 }

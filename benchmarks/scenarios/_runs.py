@@ -80,14 +80,17 @@ def _finish(res: RunResult, m: Measurement, emu: EmulatorProcess) -> RunResult:
 def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless_fast: bool,
                 ds: Path | None = None, check_content: bool = False,
                 timeout: float | None = None, jobs: int | None = None,
-                pathfmt: str | None = None) -> RunResult:
-    """`datalad xnat-update [--reckless fast]` on a fresh dataset (or on ds, for a re-run)."""
+                pathfmt: str | None = None, config: dict | None = None) -> RunResult:
+    """`datalad xnat-update [--reckless fast]` on a fresh dataset (or on ds, for a re-run);
+    `config`: `git config` settings made in the dataset before it (untimed)."""
     res = RunResult()
     env = OURS.env(ctx.home)
     try:
         if ds is None:
             ds = ctx.workdir(label, "ds")
             ours.create_dataset(ds, emu.url, ctx.home, pathfmt)
+        for key, value in (config or {}).items():
+            run_checked(["git", "-C", str(ds), "config", key, value], env)
         res.ds = ds
         emu.reset()
         m = ctx.timed(label, ours.update_cmd(ds, reckless_fast, jobs), env,
@@ -120,6 +123,35 @@ def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) 
         _finish(res, m, emu)
         if not res.error:
             missing = _count_missing_content(ds, env)
+            if missing:
+                res.error = f"failed: {missing:,} of {n:,} files without content"
+    except BenchError as exc:
+        res.error = f"failed: {exc}"
+    return res
+
+
+def ours_get_clone(ctx: Context, emu: EmulatorProcess, n: int, origin: Path, label: str,
+                   jobs: int, config: dict | None = None) -> RunResult:
+    """`datalad get -J<jobs> .` in a fresh clone of `origin` (a dataset registered with
+    `--reckless fast`), as a colleague would fetch a published dataset: the clone, the
+    special remote's enabling (git-annex autoenables it on the first annex command) and
+    `config` (`git config` in the clone) are untimed. The credential comes from the
+    environment (DATALAD_CREDENTIAL_<NAME>_*), the name the remote was initialized with."""
+    res = RunResult()
+    env = OURS.env(ctx.home)
+    try:
+        clone = ctx.workdir(label, "clone")
+        run_checked(["datalad", "clone", str(origin), str(clone)], env, timeout=ctx.timeout)
+        for key, value in (config or {}).items():
+            run_checked(["git", "-C", str(clone), "config", key, value], env)
+        # the first git-annex command in the clone enables the remote (autoenable): untimed
+        run_checked(["git", "-C", str(clone), "annex", "info", "--fast", "-q"], env)
+        res.ds = clone
+        emu.reset()
+        m = ctx.timed(label, ours.get_cmd(clone, jobs), env)
+        _finish(res, m, emu)
+        if not res.error:
+            missing = _count_missing_content(clone, env)
             if missing:
                 res.error = f"failed: {missing:,} of {n:,} files without content"
     except BenchError as exc:
@@ -218,16 +250,25 @@ def floor_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str
 
 
 def curl_run(ctx: Context, emu: EmulatorProcess, records: list[Rec], label: str,
-             jobs: int, annex_layout: bool = False) -> RunResult:
+             jobs: int, annex_layout: bool = False, archives: str | None = None) -> RunResult:
+    """curl over every file's URL, or with `archives` ("session" / "resource") over one zip
+    per session or resource, written to disk as zips (checked untimed, not unzipped)."""
     res = RunResult()
     work = ctx.workdir(label)
-    cmd, dest = curlbase.prepare(work, emu.url, records, jobs, annex_layout=annex_layout)
+    if archives:
+        cmd, dest, by_zip = curlbase.prepare_archives(work, emu.url, records, jobs, per=archives)
+        res.info["archives"] = len(by_zip)
+    else:
+        cmd, dest = curlbase.prepare(work, emu.url, records, jobs, annex_layout=annex_layout)
     emu.reset()
     m = ctx.timed(label, cmd, OURS.env(ctx.home))
     _finish(res, m, emu)
     if not res.error:
-        problem = curlbase.check(dest, curlbase.unique_by_key(records) if annex_layout
-                                 else records)
+        if archives:
+            problem = curlbase.check_archives(dest, by_zip)
+        else:
+            problem = curlbase.check(dest, curlbase.unique_by_key(records) if annex_layout
+                                     else records)
         if problem:
             res.error = f"failed: {problem}"
     return res
