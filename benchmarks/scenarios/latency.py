@@ -60,6 +60,7 @@ def run(ctx: Context, selected: set) -> Section:
     n, size, jobs = ctx.sizes.latency_files, ctx.sizes.latency_file_size, ctx.sizes.jobs
     rate = ctx.latency_download_rate
     sessions = None
+    floor: Figure | None = None
     for delay in ctx.latency_delays:
         case = f"{n:,} × {size // 1024} KiB, {_ms(delay)}/response" + (
             f", {rate:,} B/s per file body" if rate else "")
@@ -77,6 +78,14 @@ def run(ctx: Context, selected: set) -> Section:
             "get-never": Figure(case, f"ours: datalad get -J{jobs} . in a clone, "
                                       "fetch-archives=never", "time", "s"),
         }
+        # git-annex's own cost of getting these keys (no network, no remote of ours): once,
+        # with the first delay, as it does not depend on the server
+        first = floor is None
+        if first:
+            floor = Figure(case, f"floor: git annex get -J{jobs} . from a directory special "
+                           "remote", "time", "s", note="the same keys; no network; measured "
+                           "with the first delay only")
+            figs["floor"] = floor
         for fig in figs.values():
             sec.add(fig)
         if ctx.ours_reason:
@@ -123,6 +132,9 @@ def run(ctx: Context, selected: set) -> Section:
                     res = step(i)
                     if _runs.add_run(figs[key], res):
                         counters.setdefault(key, res.counters)
+                        if key == "get" and first and not floor.error:
+                            _runs.add_run(floor, _runs.annex_directory_floor(
+                                ctx, res.ds, f"latency-floor-{tag}-{i}", jobs))
                     # its scratch aside now (deleted once, untimed, after the run)
                     ctx.workdir(res.ds.parent.name if res.ds is not None
                                 else f"latency-{key}-{tag}-{i}")  # curl's label
@@ -141,7 +153,7 @@ def run(ctx: Context, selected: set) -> Section:
                 sec.add(Figure(case, fig.tool, "requests", "requests", runs=[c["total"]],
                                note=_requests_note(c)[:400],
                                extra={"by_route": c.get("by_route", {})}))
-        sec.ratios += _ratios(case, delay, figs, jobs)
+        sec.ratios += _ratios(case, delay, figs, jobs, floor)
     sec.notes += [
         f"{n:,} files of {size:,} bytes ({n * size / 2**20:.0f} MiB) in {sessions} session(s) of "
         "the emulator's `files` preset (450 files per session, 150 per scan resource); the "
@@ -180,7 +192,8 @@ def run(ctx: Context, selected: set) -> Section:
     return sec
 
 
-def _ratios(case: str, delay: float, figs: dict, jobs: int) -> list[Ratio]:
+def _ratios(case: str, delay: float, figs: dict, jobs: int, floor: Figure | None
+            ) -> list[Ratio]:
     out = []
     at_target = abs(delay - TARGET_DELAY) < 1e-9
     for key, short in (("update", "ours xnat-update"), ("get", f"ours get -J{jobs}")):
@@ -195,6 +208,11 @@ def _ratios(case: str, delay: float, figs: dict, jobs: int) -> list[Ratio]:
         if not at_target:
             speedup.met = vs_zip.met = None
         out += [speedup, vs_zip, vs_res]
+        if key == "get" and floor is not None:
+            vs_floor = ratio(case, f"{short} / git annex get from a directory remote", fig,
+                             floor, "none (information)", lambda v: True)
+            vs_floor.met = None
+            out.append(vs_floor)
         never = ratio(case, f"{short} / the same with fetch-archives=never", fig,
                       figs[f"{key}-never"],
                       "≤ 1× (no slower; 10 % noise allowed)" if delay == 0
