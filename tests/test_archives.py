@@ -134,3 +134,26 @@ def test_a_refused_archive_is_asked_once_then_its_files_come_alone(xnat, alice, 
     assert archive_gets(counts) == sum(1 for n in listed.values() if n >= 3), counts
     assert file_gets(counts) == sum(listed.values()), counts
     assert_all_verified(ds, files)
+
+
+def test_an_archive_of_a_resource_partly_here_is_read_whole(xnat, alice, ds):
+    """The archive holds every file of its resource, also those present already: it is read
+    up to the resource's listed bytes, not only the wanted ones' (else it looked too long
+    after the present file and the wanted files after it came alone)."""
+    files = prepared(xnat, ds)
+    big = {}
+    for number in range(6):
+        name = f"1.2.9.{number}.dcm"
+        # 512 KiB each, the first (present already, first in the archive) 2 MiB
+        data = hashlib.sha256(f"9/{number}".encode()).digest() * (16 * 1024)
+        data *= 4 if number == 0 else 1
+        xnat.add_file(name, data, resource="DICOM", session=SESSION, scan="9", scan_type="T1w")
+        big[f"SUBJ01/{SESSION}/9/{name}"] = data
+    update(ds, "--reckless", "fast")
+    first = sorted(big)[0]
+    run(["git", "annex", "get", first], cwd=ds)
+    counts = requests_of(xnat, lambda: update(ds, "-J", "4"))
+    listed = resources(xnat)
+    assert archive_gets(counts) == sum(1 for n in listed.values() if n >= 3), counts
+    assert file_gets(counts) == sum(n for n in listed.values() if n < 3), counts
+    assert_all_verified(ds, {**files, **big})

@@ -33,6 +33,7 @@ import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -218,10 +219,13 @@ class AnnexPlacer:
         keys present already, stands for the resource's listing)."""
         assert self.source is not None
         sized = [item for item in claimed if parse_key(item.key)[1] is not None]
+        listed_bytes = sum(key_size(i.key) or 0 for i in run)
         if use_archive(self.source.archives, len(sized), sum(key_size(i.key) or 0 for i in sized),
-                       len(run), sum(key_size(i.key) or 0 for i in run)):
+                       len(run), listed_bytes):
             others = [item for item in claimed if parse_key(item.key)[1] is None]
-            return [(self._fetch_archive, sized)] + [(self._fetch_singly, [i]) for i in others]
+            # the archive holds the whole resource: it is read up to the run's bytes
+            whole = partial(self._fetch_archive, listed_bytes=listed_bytes, listed_files=len(run))
+            return [(whole, sized)] + [(self._fetch_singly, [i]) for i in others]
         return [(self._fetch_singly, [item]) for item in claimed]
 
     def mark(self) -> None:
@@ -264,7 +268,8 @@ class AnnexPlacer:
             self._release(item.key)
         return Fetched(item, size)
 
-    def _fetch_archive(self, items: list[Entry], scratch: Path) -> list[Fetched]:
+    def _fetch_archive(self, items: list[Entry], scratch: Path, *, listed_bytes: int,
+                       listed_files: int) -> list[Fetched]:
         """The MD5E keys of one resource from one zip of it, each member verified and placed
         as it arrives; whatever the archive did not deliver whole is fetched alone (with the
         retries of a single download), so a broken archive costs time, never a bad file."""
@@ -280,9 +285,8 @@ class AnnexPlacer:
             pending[path] = item
         results = []
         try:
-            for path, error in self.source.archive(listing, label, wanted,
-                                                   sum(w.size for w in wanted.values()),
-                                                   len(wanted)):
+            for path, error in self.source.archive(listing, label, wanted, listed_bytes,
+                                                   listed_files):
                 if error is not None:
                     lgr.debug("%s: %s in the archive of %s; fetched alone", path, error, listing)
                     continue
