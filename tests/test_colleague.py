@@ -154,6 +154,26 @@ def test_a_remote_enabled_by_hand_says_the_one_command_and_then_works(xnat, clon
     assert (by_hand / path).is_file()
 
 
+def test_a_clone_pushes_once_the_enabled_remote_is_verified(xnat, clone, tmp_path):
+    """git-annex 10.20261026 lets an autoenabled special remote fetch at once, but refuses
+    every push (and copy to another remote) until it is verified: the README's recipe
+    (`git annex verifyremote xnat`, then the `--safe` command it prints) makes the push work."""
+    published = tmp_path / "published.git"
+    run(["git", "init", "-q", "--bare", str(published)])
+    run(["git", "remote", "add", "lab", str(published)], cwd=clone)
+    pushed = run(["git", "push", "lab", "HEAD:refs/heads/main"], cwd=clone, check=False)
+    if pushed.returncode != 0:  # a git-annex with the verification gate
+        assert "verifyremote xnat" in pushed.stdout + pushed.stderr
+        shown = run(["git", "annex", "verifyremote", "xnat"], cwd=clone, input="")
+        assert xnat.url in shown.stdout and "password" not in shown.stdout.lower()
+        safe = next(line.split("run:", 1)[1].split() for line in shown.stdout.splitlines()
+                    if "--safe" in line)
+        run(safe, cwd=clone)
+        run(["git", "push", "lab", "HEAD:refs/heads/main"], cwd=clone)
+    assert run(["git", "rev-parse", "HEAD"], cwd=clone).stdout == \
+        run(["git", "--git-dir", str(published), "rev-parse", "main"]).stdout
+
+
 def test_a_server_that_is_not_xnat_is_named_so(tmp_path):
     """A plain web server refuses XNAT's login POST (501): that is the wrong URL, not a server
     to try again later."""
