@@ -173,6 +173,7 @@ def annex_directory_floor(ctx: Context, ds: Path, label: str, jobs: int) -> RunR
                                      "remote.floordir.annex-uuid"], env=env,
                                     capture_output=True).returncode == 0
         if not configured:
+            _verify_xnat_remote(ds, env)
             store.mkdir(exist_ok=True)
             run_checked(git + ["initremote", "floordir", "type=directory",
                                f"directory={store}", "encryption=none"], env)
@@ -188,6 +189,17 @@ def annex_directory_floor(ctx: Context, ds: Path, label: str, jobs: int) -> RunR
     except BenchError as exc:
         res.error = f"failed: {exc}"
     return res
+
+
+def _verify_xnat_remote(ds: Path, env: dict) -> None:
+    """In a clone, git-annex (10.20261026 and newer) refuses copies to any remote while the
+    autoenabled `xnat` remote is unverified: verify it, as its user would (README)."""
+    shown = subprocess.run(["git", "-C", str(ds), "annex", "verifyremote", "xnat"], env=env,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    for line in shown.stdout.splitlines():
+        if "--safe" in line and "run:" in line:
+            run_checked(line.split("run:", 1)[1].split(), env, cwd=ds)
+            return
 
 
 def peer_update(ctx: Context, emu: EmulatorProcess, n: int, label: str,
