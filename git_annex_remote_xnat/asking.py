@@ -97,7 +97,7 @@ def first_to_tell(git_dir: Path, what: str) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob(f"told-{what}-*"):
             pid = old.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != parent and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != parent and not pid_alive(int(pid)):
                 old.unlink(missing_ok=True)
         fd = os.open(folder / f"told-{what}-{parent}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -108,7 +108,8 @@ def first_to_tell(git_dir: Path, what: str) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists (a signal 0 reaches it, or it is someone else's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

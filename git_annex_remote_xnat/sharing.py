@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .asking import pid_alive
 from .keys import key_md5, key_size, md5e_key, object_relpath
 from .urls import resource_of
 from .zipstream import Wanted, archive_setting, use_archive
@@ -61,17 +62,6 @@ def configured_mode(cwd: str | os.PathLike[str] | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         value = ""
     return archive_setting(value)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of that id exists (a signal 0 reaches it, or it is someone else's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ArchiveShare:

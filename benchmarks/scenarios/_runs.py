@@ -109,6 +109,19 @@ def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless
     return res
 
 
+def _timed_get(ctx: Context, emu: EmulatorProcess, n: int, ds: Path, label: str, jobs: int,
+               env: dict, res: RunResult) -> None:
+    """The timed `datalad get -J<jobs> .` in `ds`, then the check that all `n` files came."""
+    res.ds = ds
+    emu.reset()
+    m = ctx.timed(label, ours.get_cmd(ds, jobs), env)
+    _finish(res, m, emu)
+    if not res.error:
+        missing = _count_missing_content(ds, env)
+        if missing:
+            res.error = f"failed: {missing:,} of {n:,} files without content"
+
+
 def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) -> RunResult:
     """`datalad get -J<jobs> .` after an untimed `xnat-update --reckless fast`."""
     res = RunResult()
@@ -117,14 +130,7 @@ def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) 
         ds = ctx.workdir(label, "ds")
         ours.create_dataset(ds, emu.url, ctx.home)
         run_checked(ours.update_cmd(ds, True), env, timeout=ctx.timeout)
-        res.ds = ds
-        emu.reset()
-        m = ctx.timed(label, ours.get_cmd(ds, jobs), env)
-        _finish(res, m, emu)
-        if not res.error:
-            missing = _count_missing_content(ds, env)
-            if missing:
-                res.error = f"failed: {missing:,} of {n:,} files without content"
+        _timed_get(ctx, emu, n, ds, label, jobs, env, res)
     except BenchError as exc:
         res.error = f"failed: {exc}"
     return res
@@ -146,14 +152,7 @@ def ours_get_clone(ctx: Context, emu: EmulatorProcess, n: int, origin: Path, lab
             run_checked(["git", "-C", str(clone), "config", key, value], env)
         # the first git-annex command in the clone enables the remote (autoenable): untimed
         run_checked(["git", "-C", str(clone), "annex", "info", "--fast", "-q"], env)
-        res.ds = clone
-        emu.reset()
-        m = ctx.timed(label, ours.get_cmd(clone, jobs), env)
-        _finish(res, m, emu)
-        if not res.error:
-            missing = _count_missing_content(clone, env)
-            if missing:
-                res.error = f"failed: {missing:,} of {n:,} files without content"
+        _timed_get(ctx, emu, n, clone, label, jobs, env, res)
     except BenchError as exc:
         res.error = f"failed: {exc}"
     return res
