@@ -150,7 +150,8 @@ class ArchiveShare:
         if key not in keys:
             return "declined"  # the server lists it otherwise now: the single download tells
         wanted_bytes = sum(w.size for w in wanted.values())
-        if not use_archive(self.mode, len(wanted), wanted_bytes, len(files), listed_bytes):
+        if not use_archive(self.mode, len(wanted), wanted_bytes, len(files), listed_bytes,
+                           client.round_trip):
             return "declined"
         self._debug(f"fetching {len(wanted)} files of {listing} as one archive")
         try:

@@ -24,6 +24,9 @@ from typing import Iterable, Iterator, Mapping
 ARCHIVE_MIN_FILES = 3
 ARCHIVE_MAX_MEAN_BYTES = 16 << 20
 ARCHIVE_SETTINGS = ("auto", "always", "never")   # datalad.xnat.fetch-archives
+# Below this many seconds per request (a server on the same host or a fast LAN) the requests an
+# archive saves cost less than the server's building of the zip: `auto` fetches files singly.
+ARCHIVE_MIN_ROUND_TRIP = 0.005
 
 
 def worth_an_archive(wanted_files: int, wanted_bytes: int, listed_files: int,
@@ -52,12 +55,16 @@ def archive_setting(value: str | None) -> str:
 
 
 def use_archive(setting: str, wanted_files: int, wanted_bytes: int, listed_files: int,
-                listed_bytes: int) -> bool:
-    """worth_an_archive, unless datalad.xnat.fetch-archives (`setting`) forces either way."""
+                listed_bytes: int, round_trip: float | None = None) -> bool:
+    """worth_an_archive, unless datalad.xnat.fetch-archives (`setting`) forces either way; in
+    `auto`, never where requests are cheap (`round_trip`, the client's measure, below
+    ARCHIVE_MIN_ROUND_TRIP; None, not measured yet, counts as dear)."""
     if setting == "never" or wanted_files < 1:
         return False
     if setting == "always":
         return True
+    if round_trip is not None and round_trip < ARCHIVE_MIN_ROUND_TRIP:
+        return False
     return worth_an_archive(wanted_files, wanted_bytes, listed_files, listed_bytes)
 
 

@@ -82,6 +82,8 @@ def clone(xnat, alice, ds, tmp_path) -> Path:  # noqa: F811 - alice and ds are f
     datalad("clone", str(ds), str(path))
     assert len(missing(path)) == FILES
     xnat.counters.reset()
+    # a server where a request costs what an archive saves (zipstream.ARCHIVE_MIN_ROUND_TRIP)
+    xnat.faults.delay = 0.01
     return path
 
 
@@ -183,6 +185,17 @@ def test_always_archives_from_the_first_ask(xnat, clone, monkeypatch):
     run(["git", "annex", "get", str(one.relative_to(clone))], cwd=clone)
     assert archives.total == 1 and file_gets(xnat) == 0, xnat.counters.snapshot()
     assert len(missing(clone)) == FILES - 1
+    nothing_left(clone)
+
+
+def test_auto_gets_singly_from_a_server_that_answers_at_once(xnat, clone, monkeypatch):
+    """Requests cheaper than ARCHIVE_MIN_ROUND_TRIP (no delay, loopback): no archive."""
+    xnat.faults.delay = 0.0
+    archives = ArchiveCount(monkeypatch)
+    run(["git", "annex", "get", "-J8", "."], cwd=clone)
+    assert missing(clone) == []
+    assert archives.total == 0
+    assert file_gets(xnat) == FILES, xnat.counters.snapshot()
     nothing_left(clone)
 
 

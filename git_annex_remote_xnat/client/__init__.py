@@ -132,6 +132,11 @@ class XnatClient:
         a secret that log in like a user name and password, until the server's expiry."""
         return listings.alias_token(self.session)
 
+    @property
+    def round_trip(self) -> float | None:
+        """What a request to this server costs beyond its bytes (Session.round_trip)."""
+        return self.session.round_trip
+
     # ---------------------------------------------------------------- files
 
     def file_status(self, rest_path: str) -> FileStatus:

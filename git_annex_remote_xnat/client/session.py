@@ -34,8 +34,11 @@ import json
 import os
 import re
 import ssl
+import statistics
 import threading
+import time
 import urllib.request
+from collections import deque
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Iterator
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
@@ -66,6 +69,7 @@ LISTING_CHUNK = 1 << 16
 MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whatever follows
 DRAIN_BYTES = 1 << 20  # what is read of an answer about to be retried, so its connection stays
 BACKOFF_MAX = 10.0  # seconds: the longest wait between two tries
+ROUND_TRIPS_KEPT = 16  # the recent answers `Session.round_trip` is the median of
 _URLLIB3_1 = urllib3.__version__.startswith("1.")  # 1.26: botocore's cap on Python < 3.10
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
@@ -412,6 +416,7 @@ class Session:
         self._cookie = ""      # the Cookie header: what the login answer set, nothing else
         self._unanswered = 0   # requests in a row that got no HTTP answer
         self._given_up: ServerUnreachableError | None = None
+        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
 
     @property
     def anonymous(self) -> bool:
@@ -554,6 +559,7 @@ class Session:
             url += "?" + urlencode(params)
         for attempt in range(2):
             generation = self._generation
+            started = time.monotonic()
             answer = self._send(method, url, stream=stream, compressed=compressed,
                                 retry=None if retry else self._no_retry)
             if attempt == 1 or not (answer.status == 401 or self._is_login_page(answer)):
@@ -565,7 +571,18 @@ class Session:
         except BaseException:
             answer.close()
             raise
+        if stream and answer.status < 300:  # up to the headers: what any request costs
+            self._round_trips.append(time.monotonic() - started)
         return answer
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds from sending a request to its answer's headers: the median of the last
+        ROUND_TRIPS_KEPT streamed data requests answered (logins not counted; a retried one
+        with its waits), None before the first. What one more request costs beyond its bytes: the link's round
+        trip plus the server's own work per request."""
+        samples = list(self._round_trips)
+        return statistics.median(samples) if samples else None
 
     def get_json(self, rest_path: str, params: dict[str, str] | None = None) -> Any:
         """The decoded ``format=json`` answer of a GET (an item document: held whole, so read

@@ -190,7 +190,8 @@ class Fetcher:
         if processes > 1:
             placer = ProcessPlacer(view.path, self.base_url, self.client.credential, processes,
                                    threads=-(-self.jobs // processes), uuid=uuid,
-                                   journal=self.journal, archives=archives)
+                                   journal=self.journal, archives=archives,
+                                   round_trip=self.client.round_trip)
         else:
             placer = AnnexPlacer(view.path, Source(self.client, self.base_url, archives),
                                  self.jobs, uuid, self.journal)

@@ -6,8 +6,9 @@ download threads cannot keep several cores busy; a few processes of a few thread
 (benchmarks/RESULTS.md, section 3, has the figures).
 
 A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from stdin: server,
-credential, repository, thread count, archive setting and a scratch folder (the parent's: it
-removes the folder once the helpers have ended, also when one was killed). The secret travels
+credential, repository, thread count, archive setting, the round trip the parent measured and a
+scratch folder (the parent's: it removes the folder once the helpers have ended, also when one
+was killed). The secret travels
 through the pipe, never through the command line or the environment. Then it reads one wanted
 file per line (`key TAB url`), an empty line after each run of one resource's files
 (placement.resource_runs: the helper may fetch a run as one archive), downloads and places each
@@ -95,13 +96,14 @@ class ProcessPlacer:
 
     def __init__(self, repo: Path, base_url: str, credential, processes: int,
                  threads: int, uuid: str, journal: Journal | None = None,
-                 archives: str = "auto") -> None:
+                 archives: str = "auto", round_trip: float | None = None) -> None:
         self.repo = repo
         self.base_url = base_url
         self.processes = max(1, processes)
         self.threads = max(1, threads)
         self._header = {
             "url": base_url, "repo": str(repo), "threads": self.threads, "archives": archives,
+            "round_trip": round_trip,
             "credential": None if credential is None else {
                 "name": credential.name, "user": credential.user,
                 "password": credential.password, "source": credential.source},
@@ -307,7 +309,8 @@ def main() -> int:
         if run:
             yield run
 
-    source = Source(client, header["url"], header.get("archives", "auto"))
+    source = Source(client, header["url"], header.get("archives", "auto"),
+                    header.get("round_trip"))
     try:
         AnnexPlacer(repo, source, threads, uuid="", scratch_root=Path(header["scratch"])
                     ).fetch_each(runs(), report)

@@ -87,11 +87,21 @@ def direct_fetch_refusal(repo: Path, settings: DatasetSettings) -> str | None:
 class Source:
     """Where placed content comes from: one logged-in client and the server's xnat: URLs."""
 
-    def __init__(self, client, base_url: str, archives: str = "auto") -> None:
-        """`archives`: datalad.xnat.fetch-archives (auto, always, never)."""
+    def __init__(self, client, base_url: str, archives: str = "auto",
+                 round_trip: float | None = None) -> None:
+        """`archives`: datalad.xnat.fetch-archives (auto, always, never); `round_trip`: what a
+        request cost another client of the same run (a helper's parent), until this one has
+        measured its own."""
         self.client = client
         self.base_url = base_url
         self.archives = archives
+        self._round_trip = round_trip
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds a request costs beyond its bytes (XnatClient.round_trip)."""
+        measured = self.client.round_trip
+        return self._round_trip if measured is None else measured
 
     def download(self, url: str, dest: Path, size: int, md5: str) -> None:
         """One file, verified; raises with a one-line message."""
@@ -221,7 +231,7 @@ class AnnexPlacer:
         sized = [item for item in claimed if parse_key(item.key)[1] is not None]
         listed_bytes = sum(key_size(i.key) or 0 for i in run)
         if use_archive(self.source.archives, len(sized), sum(key_size(i.key) or 0 for i in sized),
-                       len(run), listed_bytes):
+                       len(run), listed_bytes, self.source.round_trip):
             others = [item for item in claimed if parse_key(item.key)[1] is None]
             # the archive holds the whole resource: it is read up to the run's bytes
             whole = partial(self._fetch_archive, listed_bytes=listed_bytes, listed_files=len(run))
