@@ -34,7 +34,6 @@ import json
 import os
 import re
 import ssl
-import statistics
 import threading
 import time
 import urllib.request
@@ -69,7 +68,7 @@ LISTING_CHUNK = 1 << 16
 MESSAGE_BYTES = 4096  # what is read of a login answer or an error page, whatever follows
 DRAIN_BYTES = 1 << 20  # what is read of an answer about to be retried, so its connection stays
 BACKOFF_MAX = 10.0  # seconds: the longest wait between two tries
-ROUND_TRIPS_KEPT = 16  # the recent answers `Session.round_trip` is the median of
+ROUND_TRIPS_KEPT = 16  # the recent answers `Session.round_trip` is the least of
 _URLLIB3_1 = urllib3.__version__.startswith("1.")  # 1.26: botocore's cap on Python < 3.10
 
 _H3 = re.compile(r"<h3>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
@@ -572,17 +571,19 @@ class Session:
             answer.close()
             raise
         if stream and answer.status < 300:  # up to the headers: what any request costs
-            self._round_trips.append(time.monotonic() - started)
+            with self._count_lock:
+                self._round_trips.append(time.monotonic() - started)
         return answer
 
     @property
     def round_trip(self) -> float | None:
-        """Seconds from sending a request to its answer's headers: the median of the last
-        ROUND_TRIPS_KEPT streamed data requests answered (logins not counted; a retried one
-        with its waits), None before the first. What one more request costs beyond its bytes: the link's round
-        trip plus the server's own work per request."""
-        samples = list(self._round_trips)
-        return statistics.median(samples) if samples else None
+        """Seconds from sending a request to its answer's headers: the least of the last
+        ROUND_TRIPS_KEPT streamed data requests answered (logins not counted), None before
+        the first. What one more request costs beyond its bytes (the link's round trip and
+        the server's own work per request), without the wait behind other requests that
+        parallel downloads add."""
+        with self._count_lock:
+            return min(self._round_trips, default=None)
 
     def get_json(self, rest_path: str, params: dict[str, str] | None = None) -> Any:
         """The decoded ``format=json`` answer of a GET (an item document: held whole, so read

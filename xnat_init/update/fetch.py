@@ -186,12 +186,16 @@ class Fetcher:
         processes = helper_processes(self.jobs, count, self.fetch_processes)
         uuid = view.settings.annex_uuid
         archives = archive_setting(view.settings.fetch_archives)
+        round_trip = self.client.round_trip
+        lgr.debug("fetching %d files into %s in %d process(es); fetch-archives=%s, a request "
+                  "takes %s", count, view.path, processes, archives,
+                  "unknown" if round_trip is None else f"{round_trip * 1000:.1f} ms")
         placer: AnnexPlacer | ProcessPlacer
         if processes > 1:
             placer = ProcessPlacer(view.path, self.base_url, self.client.credential, processes,
                                    threads=-(-self.jobs // processes), uuid=uuid,
                                    journal=self.journal, archives=archives,
-                                   round_trip=self.client.round_trip)
+                                   round_trip=round_trip)
         else:
             placer = AnnexPlacer(view.path, Source(self.client, self.base_url, archives),
                                  self.jobs, uuid, self.journal)
