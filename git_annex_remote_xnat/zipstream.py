@@ -26,7 +26,9 @@ ARCHIVE_MAX_MEAN_BYTES = 16 << 20
 ARCHIVE_SETTINGS = ("auto", "always", "never")   # datalad.xnat.fetch-archives
 # Below this many seconds per request (a server on the same host or a fast LAN) the requests an
 # archive saves cost less than the server's building of the zip: `auto` fetches files singly.
+# The environment variable replaces it (seconds), for the commands and the special remote alike.
 ARCHIVE_MIN_ROUND_TRIP = 0.005
+ROUND_TRIP_ENV = "GIT_ANNEX_REMOTE_XNAT_ARCHIVE_ROUND_TRIP"
 
 
 def worth_an_archive(wanted_files: int, wanted_bytes: int, listed_files: int,
@@ -51,19 +53,37 @@ def archive_setting(value: str | None) -> str:
         raise ValueError(f"datalad.xnat.fetch-archives={value!r} is not one of "
                          f"{', '.join(ARCHIVE_SETTINGS)}; set it to one of them (auto: one zip "
                          "per resource where that is cheaper)")
+    min_round_trip()
     return setting
+
+
+def min_round_trip() -> float:
+    """The round trip (seconds) from which `auto` fetches archives: ROUND_TRIP_ENV when set,
+    else ARCHIVE_MIN_ROUND_TRIP; ValueError with what to set when it is no number of seconds."""
+    value = os.environ.get(ROUND_TRIP_ENV, "").strip()
+    if not value:
+        return ARCHIVE_MIN_ROUND_TRIP
+    try:
+        seconds = float(value)
+        if not seconds >= 0:
+            raise ValueError(value)
+    except ValueError:
+        raise ValueError(f"{ROUND_TRIP_ENV}={value!r} is not a number of seconds; set it to "
+                         f"one, e.g. {ARCHIVE_MIN_ROUND_TRIP} (0: archives whatever a request "
+                         "costs), or unset it") from None
+    return seconds
 
 
 def use_archive(setting: str, wanted_files: int, wanted_bytes: int, listed_files: int,
                 listed_bytes: int, round_trip: float | None = None) -> bool:
     """worth_an_archive, unless datalad.xnat.fetch-archives (`setting`) forces either way; in
     `auto`, never where requests are cheap (`round_trip`, the client's measure, below
-    ARCHIVE_MIN_ROUND_TRIP; None, not measured yet, counts as dear)."""
+    min_round_trip(); None, not measured yet, counts as dear)."""
     if setting == "never" or wanted_files < 1:
         return False
     if setting == "always":
         return True
-    if round_trip is not None and round_trip < ARCHIVE_MIN_ROUND_TRIP:
+    if round_trip is not None and round_trip < min_round_trip():
         return False
     return worth_an_archive(wanted_files, wanted_bytes, listed_files, listed_bytes)
 
