@@ -8,11 +8,10 @@ download threads cannot keep several cores busy; a few processes of a few thread
 A helper is `python -m xnat_init.update.helpers`. It reads one JSON line from stdin: server,
 credential, repository, thread count, archive setting, the round trip the parent measured and a
 scratch folder (the parent's: it removes the folder once the helpers have ended, also when one
-was killed). The secret travels
-through the pipe, never through the command line or the environment. Then it reads one wanted
-file per line (`key TAB url`), an empty line after each run of one resource's files
-(placement.resource_runs: the helper may fetch a run as one archive), downloads and places each
-with placement.AnnexPlacer, and answers one line per file:
+was killed). The secret travels through the pipe, never through the command line or the
+environment. Then it reads one wanted file per line (`key TAB url`), an empty line after each
+run of one resource's files (placement.resource_runs: the helper may fetch a run as one
+archive), downloads and places each with placement.AnnexPlacer, and answers one line per file:
 `key TAB size TAB present TAB error TAB unreachable` (unreachable "1": the helper's client gave
 the server up, so the parent stops sending files to any helper). At end of input it finishes what
 it received and exits. A key a killed helper placed without answering is placed all the same
