@@ -22,13 +22,20 @@ def _is_file_route(route: str) -> bool:
     return "/files/" in path and method in ("GET", "HEAD") and not path.endswith("/files")
 
 
+def _is_archive_route(route: str) -> bool:
+    """A zip or tar of a files listing (`.../files?format=zip`): content, not a listing."""
+    return "/files?format=" in route
+
+
 def split(counters: dict | None) -> tuple[int, int, dict] | None:
-    """(listing+auth requests, per-file requests, by_route) from a counters snapshot."""
+    """(listing+auth requests, per-file requests, by_route) from a counters snapshot; archive
+    downloads are in neither count (only by_route has them)."""
     if not counters or "by_route" not in counters:
         return None
     routes = counters["by_route"]
     per_file = sum(v for k, v in routes.items() if _is_file_route(k))
-    return sum(routes.values()) - per_file, per_file, routes
+    archives = sum(v for k, v in routes.items() if _is_archive_route(k))
+    return sum(routes.values()) - per_file - archives, per_file, routes
 
 
 def _sessions(ctx: Context, n: int, peer_routes: dict | None) -> tuple[int, str]:
