@@ -168,6 +168,22 @@ def test_downloads_carry_the_session_and_renew_it(xnat, tmp_path):
     assert len(list(tmp_path.iterdir())) == len(records)
 
 
+def test_round_trip_is_what_a_data_request_costs_up_to_its_headers(xnat):
+    """None before any data request (a login does not count: its work is not a request's),
+    at least the server's delay once one was answered, and the least of the recent answers,
+    so that one quick answer shows the link is quick."""
+    xnat.faults.delay = 0.05
+    with client_for(xnat) as client:
+        assert client.round_trip is None
+        client.session.login()
+        assert client.round_trip is None
+        client.subjects("PUBLIC1")
+        assert client.round_trip is not None and client.round_trip >= 0.05
+        xnat.faults.delay = 0.0
+        client.subjects("PUBLIC1")
+        assert client.round_trip < 0.05
+
+
 def test_session_is_created_once_and_deleted_at_close(xnat):
     xnat.counters.reset()
     with client_for(xnat) as client:
