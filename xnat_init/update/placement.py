@@ -100,7 +100,7 @@ class Source:
     @property
     def round_trip(self) -> float | None:
         """Seconds a request costs beyond its bytes (XnatClient.round_trip)."""
-        measured = self.client.round_trip
+        measured = None if self.client is None else self.client.round_trip
         return self._round_trip if measured is None else measured
 
     def download(self, url: str, dest: Path, size: int, md5: str) -> None:
