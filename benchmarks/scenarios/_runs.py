@@ -67,6 +67,21 @@ def _count_missing_content(ds: Path, env: dict) -> int:
     return len(out.splitlines())
 
 
+def _dataset_error(ds: Path, env: dict, n: int, tracked: bool = True,
+                   content: bool = True) -> str:
+    """Why a run's dataset is not what it should be: not `n` files tracked (`tracked`), or
+    some of them without content here (`content`); "" when it is."""
+    if tracked:
+        got = _count_files(ds, env)
+        if got != n:
+            return f"failed: {got:,} of {n:,} files tracked after the update"
+    if content:
+        missing = _count_missing_content(ds, env)
+        if missing:
+            return f"failed: {missing:,} of {n:,} files without content"
+    return ""
+
+
 def _finish(res: RunResult, m: Measurement, emu: EmulatorProcess) -> RunResult:
     res.measurement = m
     res.counters = emu.counters()
@@ -97,13 +112,7 @@ def ours_update(ctx: Context, emu: EmulatorProcess, n: int, label: str, reckless
                       timeout=timeout)
         _finish(res, m, emu)
         if not res.error:
-            got = _count_files(ds, env)
-            if got != n:
-                res.error = f"failed: {got:,} of {n:,} files tracked after the update"
-            elif check_content:
-                missing = _count_missing_content(ds, env)
-                if missing:
-                    res.error = f"failed: {missing:,} of {n:,} files without content"
+            res.error = _dataset_error(ds, env, n, content=check_content)
     except BenchError as exc:
         res.error = f"failed: {exc}"
     return res
@@ -117,9 +126,7 @@ def _timed_get(ctx: Context, emu: EmulatorProcess, n: int, ds: Path, label: str,
     m = ctx.timed(label, ours.get_cmd(ds, jobs), env)
     _finish(res, m, emu)
     if not res.error:
-        missing = _count_missing_content(ds, env)
-        if missing:
-            res.error = f"failed: {missing:,} of {n:,} files without content"
+        res.error = _dataset_error(ds, env, n, tracked=False)
 
 
 def ours_get(ctx: Context, emu: EmulatorProcess, n: int, label: str, jobs: int) -> RunResult:
@@ -213,13 +220,7 @@ def peer_update(ctx: Context, emu: EmulatorProcess, n: int, label: str,
         m = ctx.timed(label, peer.update_cmd(ds, reckless_fast), env)
         _finish(res, m, emu)
         if not res.error:
-            got = _count_files(ds, env)
-            if got != n:
-                res.error = f"failed: {got:,} of {n:,} files tracked after the update"
-            elif not reckless_fast:
-                missing = _count_missing_content(ds, env)
-                if missing:
-                    res.error = f"failed: {missing:,} of {n:,} files without content"
+            res.error = _dataset_error(ds, env, n, content=not reckless_fast)
     except BenchError as exc:
         res.error = f"failed: {exc}"
     return res
