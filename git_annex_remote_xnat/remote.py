@@ -284,11 +284,15 @@ class XnatRemote(SpecialRemote):
     def transfer_retrieve(self, key: str, filename: str) -> None:
         from .client import NotFoundError, XnatError
 
+        size, md5 = parse_key(key)
+        if md5 is not None and self._archives().take(key, filename):
+            if size is not None:
+                self.annex.progress(size)
+            return
         urls = self._claimed_urls(key)
         if not urls:
             raise fail(f"no xnat: URL of {self._base_url} is registered for {key}; "
                        "run `datalad xnat-update` to register the files")
-        size, md5 = parse_key(key)
         first_copy = False
         if md5 is None and is_vurl_key(key):
             md5 = self._first_copy_md5(key)

@@ -11,14 +11,15 @@ renames:
         .lock  processes/<pid>                                 who uses it (the last one out removes it)
         <hash of the resource's listing path>/                 one resource
             lock  state                                        asks so far, whether the archive came
-            <key>                                              verified content, until a job takes it
+        keys/<key>                                             verified content, until a job takes it
 
-A key's job (1) takes `<key>` if it is there (a rename into git-annex's file); (2) else takes the
-resource's lock, polling for `<key>` to arrive meanwhile (members are renamed in as the archive
-streams, so waiting jobs go on as soon as theirs came). The first ask of a resource in a run is
+A key's job (1) takes `keys/<key>` if it is there (a rename into git-annex's file), before it
+even asks git-annex for the key's URLs (`take`); (2) else takes its resource's lock, polling for
+`keys/<key>` to arrive meanwhile (members are renamed in as the archive streams, so waiting jobs
+go on as soon as theirs came). The first ask of a resource in a run is
 downloaded alone (whoever gets one file pays one request); a later one lists the resource, and
-when `zipstream.worth_an_archive` says so, fetches its missing files as one archive into the
-resource's directory. Anything else (no digest, a failed member or archive, a server that lists
+when `zipstream.worth_an_archive` says so, fetches its missing files as one archive into
+`keys/`. Anything else (no digest, a failed member or archive, a server that lists
 the file otherwise) ends in the single download, with its retries, as before.
 
 Content is never left behind: each process removes at its exit the `<key>` files it wrote that no
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.05
 RUNS_DIR = ("annex", "tmp", "xnat-archives")
 _PROCESSES = "processes"
+_PLACED = "keys"
 
 
 def configured_mode(cwd: str | os.PathLike[str] | None = None) -> str:
@@ -96,7 +98,7 @@ class ArchiveShare:
         self._join()
         res = self.run_dir / hashlib.sha256(
             f"{self.base_url}\0{listing}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        mine = res / key
+        mine = self._placed(key)
         if _take(mine, dest):
             return True
         fd = _lock(res / "lock", give_up=lambda: _take(mine, dest))
@@ -120,6 +122,18 @@ class ArchiveShare:
         finally:
             os.close(fd)  # releases the lock
         return _take(mine, dest)
+
+    def take(self, key: str, dest: str | os.PathLike[str]) -> bool:
+        """Move the content of `key` that a job's archive placed to `dest`: True when it was
+        there. Asked before anything else: such a key needs no URL (its content was verified
+        against the key's own size and MD5), so its job costs git-annex no GETURLS."""
+        if self.mode == "never" or key_md5(key) is None or self.run_pid <= 1:
+            return False
+        return _take(self._placed(key), dest)
+
+    def _placed(self, key: str) -> Path:
+        """Where an archive's member for `key` waits for its job, whatever its resource."""
+        return self.run_dir / _PLACED / key
 
     def _fetch(self, res: Path, key: str, listing: str, label: str,
                client_of: Callable[[], "XnatClient"], singles: set[str]) -> str:
@@ -146,7 +160,7 @@ class ArchiveShare:
             if this != key and (this in singles or self._present(this)):
                 continue
             keys.add(this)
-            wanted[f.path] = Wanted(res / this, f.size or 0, f.md5)
+            wanted[f.path] = Wanted(self._placed(this), f.size or 0, f.md5)
         if key not in keys:
             return "declined"  # the server lists it otherwise now: the single download tells
         wanted_bytes = sum(w.size for w in wanted.values())
@@ -154,6 +168,7 @@ class ArchiveShare:
                            client.round_trip):
             return "declined"
         self._debug(f"fetching {len(wanted)} files of {listing} as one archive")
+        self._placed(key).parent.mkdir(exist_ok=True)
         try:
             for path, error in client.download_archive(listing, label, wanted, listed_bytes,
                                                        len(files)):

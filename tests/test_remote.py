@@ -360,11 +360,11 @@ def test_local_errors_fail_the_key_not_the_process(xnat, tmp_path):
     env = dict(os.environ, **{user_var: "alice", password_var: PASSWORD})
     out = speak(["EXTENSIONS INFO", "PREPARE", f"VALUE {xnat.url}", "VALUE emu",
                  f"TRANSFER RETRIEVE {key} {tmp_path}/missing/dir/file",
-                 f"VALUE {file_url(xnat.url, record)}", "VALUE",
                  f"VALUE {tmp_path}/git",  # GETGITDIR, at the first transfer (sharing.py)
+                 f"VALUE {file_url(xnat.url, record)}", "VALUE",
                  f"TRANSFER RETRIEVE {key} {tmp_path}/ok",
                  f"VALUE {file_url(xnat.url, record)}", "VALUE"], env)
-    assert out[6] == "GETGITDIR", out
+    assert out[5] == "GETGITDIR", out
     assert out[7].startswith(f"TRANSFER-FAILURE RETRIEVE {key} local file error:"), out
     assert out[-1] == f"TRANSFER-SUCCESS RETRIEVE {key}"
     assert any(line.startswith("PROGRESS ") for line in out)

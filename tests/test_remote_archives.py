@@ -152,6 +152,18 @@ def test_get_J8_takes_each_resource_as_one_archive(xnat, clone, monkeypatch):
     nothing_left(clone)
 
 
+def test_a_key_an_archive_brought_is_taken_without_asking_its_url(xnat, clone):
+    """A job whose key another job's archive placed takes it before asking git-annex for the
+    key's URLs (GETURLS: git-annex reads the key's web log for it), so most keys of a zipped
+    resource cost no URL lookup; the content is verified all the same (fsck)."""
+    out = run(["git", "annex", "get", "-J2", "--debug", "."], cwd=clone)
+    assert missing(clone) == []
+    run(["git", "annex", "fsck", "--quiet"], cwd=clone)
+    lookups = sum("--> GETURLS " in line for line in (out.stdout + out.stderr).splitlines())
+    assert 0 < lookups < FILES / 2, lookups
+    nothing_left(clone)
+
+
 def test_one_file_is_one_request_and_no_archive(xnat, clone, monkeypatch):
     archives = ArchiveCount(monkeypatch)
     one = sorted((clone / scan_dir(clone, "101")).glob("slice*.dcm"))[0]
