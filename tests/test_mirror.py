@@ -105,6 +105,82 @@ def test_whatever_disappears_from_the_server_makes_its_files_gone(level, xnat, a
     assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
 
 
+@pytest.mark.parametrize("level", ["subject", "session"])
+def test_a_renamed_subject_or_session_moves_its_files(level, xnat, alice, ds):
+    """XNAT renames a subject or session and keeps its ID (and so the files' xnat: URLs): the
+    next update moves the files to the new label in one commit, with their content (nothing is
+    downloaded again), whatever --remove-gone says, as the server still has them. A user's
+    copy in a folder the layout could have made but did not is the user's, and stays."""
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    update(ds)
+    before = tracked(ds)
+    mine = next(p for p in sorted(before) if p.startswith("SUBJ02/SUBJ02_MR1/"))
+    copy = mine.replace("SUBJ02/SUBJ02_MR1/", "SUBJ02/SUBJ02_MR1_mine/", 1)
+    (ds / copy).parent.mkdir(parents=True)
+    shutil.copy(ds / mine, ds / copy, follow_symlinks=False)
+    datalad("save", "-m", "my copy", cwd=ds)
+    if level == "subject":
+        xnat.set_subject("SUBJ02", label="SUBJ02_renamed", project="PUBLIC1")
+        old, new = "SUBJ02/", "SUBJ02_renamed/"
+    else:
+        xnat.set_session("SUBJ02_MR1", label="SUBJ02_MR1_renamed", project="PUBLIC1")
+        old, new = "SUBJ02/SUBJ02_MR1/", "SUBJ02/SUBJ02_MR1_renamed/"
+    moved = {p for p in before if p.startswith(old)}
+    at_new = {new + p[len(old):] for p in moved}
+    assert moved
+
+    planned = update(ds, "--dry-run")
+    assert (planned["would_move"], planned["added"], planned["gone"]) == (len(moved),
+                                                                          len(moved), 0)
+    summary = update(ds)
+    assert (summary["moved"], summary["added"], summary["gone"], summary["removed"],
+            summary["fetched"]) == (len(moved), len(moved), 0, 0, 0), summary
+    assert tracked(ds) == (before - moved) | {copy} | at_new
+    assert not (ds / "SUBJ02" / "SUBJ02_MR1").exists()  # the old folder; SUBJ02/ holds mine
+    present = run(["git", "annex", "find", "--in", "here"], cwd=ds).stdout.split()
+    assert at_new <= set(present)
+    again = update(ds, "--remove-gone")
+    assert (again["moved"], again["gone"], again["added"]) == (0, 0, 0), again
+    assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
+
+
+def test_subject_subdatasets_no_listed_file_goes_to_are_looked_into(xnat, alice, ds):
+    """With `{subject}//`, a subject deleted on the server, or renamed, leaves a subdataset no
+    listed file goes to: its files are gone (removed with --remove-gone), or moved (to the
+    new label's subdataset); the subdatasets stay, committed, and a scan type renamed where
+    the layout shows it moves the scan's files inside their subdataset."""
+    init(ds, xnat.url, "-p", "PUBLIC1", "-F", "{subject}//{session}/{scan}_{scan_type}/")
+    update(ds, "--reckless", "fast")
+    before = tracked(ds)
+    renamed = {p for p in before if p.startswith("SUBJ01/")}
+    deleted = {p for p in before if p.startswith("SUBJ02/")}
+    xnat.set_subject("SUBJ01", label="SUBJ01_renamed", project="PUBLIC1")
+    xnat.delete_subject("SUBJ02", project="PUBLIC1")
+    assert renamed and deleted
+
+    summary = update(ds, "--reckless", "fast")
+    assert (summary["moved"], summary["added"], summary["gone"]) == (
+        len(renamed), len(renamed), len(deleted)), summary
+    at_new = {"SUBJ01_renamed/" + p[len("SUBJ01/"):] for p in renamed}
+    assert tracked(ds) == (before - renamed) | at_new
+    summary = update(ds, "--reckless", "fast", "--remove-gone")
+    assert (summary["moved"], summary["gone"], summary["removed"]) == (0, len(deleted),
+                                                                       len(deleted)), summary
+    assert tracked(ds) == (before - renamed - deleted) | at_new
+
+    scan = next(p for p in sorted(at_new) if p.startswith("SUBJ01_renamed/SUBJ01_MR1/"))
+    folder = scan.rsplit("/", 1)[0]
+    scan_id, scan_type = folder.rsplit("/", 1)[1].split("_", 1)
+    xnat.set_scan("SUBJ01_MR1", scan_id, type=scan_type + "x", project="PUBLIC1")
+    in_scan = {p for p in at_new if p.startswith(folder + "/")}
+    summary = update(ds, "--reckless", "fast")
+    assert (summary["moved"], summary["added"], summary["gone"]) == (len(in_scan),
+                                                                     len(in_scan), 0), summary
+    assert update(ds, "--reckless", "fast")["moved"] == 0
+    for repo in (ds, ds / "SUBJ01", ds / "SUBJ01_renamed", ds / "SUBJ02"):
+        assert run(["git", "status", "--porcelain"], cwd=repo).stdout == "", repo
+
+
 def test_update_from_inside_a_subdataset_refuses(xnat, alice, ds):
     init(ds, xnat.url, "-p", "PUBLIC1", "-F", "{subject}//{session}/{scan}/", "-c", "NIFTI")
     update(ds, "--reckless", "fast")

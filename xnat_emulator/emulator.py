@@ -367,14 +367,24 @@ class Emulator:
                     setattr(sc, name, value)
 
     def set_session(self, session: str, *, date: str | None = None,
-                    xsi_type: str | None = None, project: str | None = None) -> None:
-        """Change a session's date or data type; None leaves a value as it is."""
+                    xsi_type: str | None = None, label: str | None = None,
+                    project: str | None = None) -> None:
+        """Change a session's date, data type or label (in `project`, else in its own project:
+        XNAT renames a session, its ID stays); None leaves a value as it is."""
         e = self._experiment(session, project)
         with self.site.lock:
             if date is not None:
                 e.date = date
             if xsi_type is not None:
                 e.xsi_type = xsi_type
+            if label is not None:
+                e.labels[project or e.project.id] = label
+
+    def set_subject(self, subject: str, *, label: str, project: str | None = None) -> None:
+        """Rename a subject in `project` (else in its own project); its ID stays."""
+        s = self._subject(subject, project)
+        with self.site.lock:
+            s.labels[project or s.project.id] = label
 
     def delete_resource(self, resource: str, *, project: str | None = None,
                         subject: str | None = None, session: str | None = None,

@@ -318,10 +318,12 @@ class PathFormat:
         dataset, folder = self.folder(record)
         return RenderedPath(dataset, folder + record.path)
 
-    def may_hold(self, path: str, location: FileLocation) -> bool:
+    def may_hold(self, path: str, location: FileLocation,
+                 labels: dict[str, str] | None = None) -> bool:
         """Whether `path` (from the top dataset) is where this layout puts the file an xnat: URL
         names, as far as the URL tells: its IDs, resource and file path must be rendered as the
-        layout renders them, while labels (an xnat: URL has none) may be anything.
+        layout renders them, while labels (an xnat: URL has none) may be anything, unless
+        `labels` gives them ({"subject": …, "session": …, "scan_type": …}, as XNAT has them).
 
         An update owns a tracked file only where its layout put it: a user's copy of the file
         elsewhere (`cp -P` into `analysis/`) is the user's.
@@ -330,8 +332,8 @@ class PathFormat:
             return False
         known = {"project": location.project, "subject_id": location.subject_id,
                  "session_id": location.session_id, "scan": location.scan_id,
-                 "resource": location.resource}
-        key = (location.level, *known.values())
+                 "resource": location.resource, **(labels or {})}
+        key = (location.level, *sorted(known.items()))
         pattern = self._patterns.get(key)
         if pattern is None:
             if len(self._patterns) > 4096:

@@ -189,6 +189,8 @@ def summary(counts: Counts, fetched: Fetched, failed: int,
         parts.append(f"{counts.skipped} changed on the server but skipped")
     if counts.relabelled:
         parts.append(f"{counts.relabelled} with new XNAT metadata")
+    if counts.moved:
+        parts.append(f"{counts.moved} {verb}moved from labels renamed on the server")
     parts.append(f"{counts.gone} gone from the server" +
                  (f" ({counts.removed} {verb}removed)" if counts.removed else ""))
     if would is not None:
@@ -424,6 +426,13 @@ class Update:
                     action=ACTION, path=str(change_set.view.path / path), type="file",
                     logger=lgr, status="ok" if self.options.remove_gone else "notneeded",
                     message=self._gone_words())
+            for path in change_set.moved:
+                yield get_status_dict(
+                    action=ACTION, path=str(change_set.view.path / path), type="file",
+                    logger=lgr, status="ok",
+                    message=("would be removed" if self.options.dry_run else "removed")
+                    + ": its subject, session or scan type was renamed on the server, which "
+                    "lists the file at the new label")
 
     def _gone_words(self) -> str:
         if self.options.dry_run:
@@ -459,7 +468,8 @@ class Update:
             type="dataset", dry_run=True, xnat_project=self.config.project,
             xnat_url=self.config.url, added=total.added, changed=total.changed,
             unchanged=total.unchanged, skipped=total.skipped, gone=total.gone,
-            removed=0, would_remove=total.removed, failed=failed, no_digest=total.no_digest,
+            removed=0, would_remove=total.removed, moved=0, would_move=total.moved,
+            failed=failed, no_digest=total.no_digest,
             unknown_collections=unknown, bytes_added=total.bytes_added,
             bytes_changed=total.bytes_changed, fetched=0, bytes_fetched=0,
             would_fetch=files, bytes_to_fetch=size, commits=0)
@@ -494,7 +504,8 @@ class Update:
             + summary(total, fetched, failed) + "".join(f"; {line}" for line in unselected),
             type="dataset", xnat_project=self.config.project, xnat_url=self.config.url,
             added=total.added, changed=total.changed, unchanged=total.unchanged,
-            skipped=total.skipped, gone=total.gone, removed=total.removed, failed=failed,
+            skipped=total.skipped, gone=total.gone, removed=total.removed, moved=total.moved,
+            failed=failed,
             no_digest=total.no_digest, relabelled=total.relabelled,
             unknown_collections=unknown,
             bytes_added=total.bytes_added, bytes_changed=total.bytes_changed,

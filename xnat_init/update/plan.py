@@ -13,7 +13,11 @@ Input: the server's file records (as the client lists them) and the datasets as 
 and each file a dataset tracks that the server no longer lists is *gone* when this instance owns
 it: an xnat: URL of its server inside its scope (Scope), at the path the layout gives that URL
 (a user's copy elsewhere is not the instance's) and not listed any more (the same content listed
-elsewhere, by this or another instance, keeps it). It is removed only with --remove-gone. Counts are those of the change sets, summed where a total is shown.
+elsewhere, by this or another instance, keeps it). It is removed only with --remove-gone. A
+file the last update put at labels the server has since renamed is *moved* instead: removed
+there, as it is registered at the new labels. The instance's `//` subdatasets that no listed
+file went to (a subject gone, or renamed) are looked into as well. Counts are those of the
+change sets, summed where a total is shown.
 
 Files without an XNAT digest get their key from their content: the planner hands them out
 (unkeyed), the caller downloads and hashes them (fetch.hash_contents) and gives each key back
@@ -32,9 +36,10 @@ from typing import Callable
 from git_annex_remote_xnat.client import Walk
 from git_annex_remote_xnat.keys import is_vurl_key, key_size, md5e_key, vurl_key
 from git_annex_remote_xnat.records import FileRecord
-from git_annex_remote_xnat.urls import FileLocation, parse_file_url
+from git_annex_remote_xnat.urls import FileLocation, normalize_base_url, parse_file_url
 
 from ..common import scan_selected
+from ..config import read_config
 from ..layout import (
     CollisionTracker,
     LayoutError,
@@ -81,6 +86,8 @@ class Counts:
     bytes_changed: int = 0
     no_digest: int = 0   # listed without an XNAT digest (keyed by hashing, or VURL keys)
     relabelled: int = 0  # not registered again, but XNAT's values for them changed (metadata)
+    moved: int = 0       # at labels the server renamed: removed there (their files are listed
+                         # at the new labels, and registered there)
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
@@ -96,6 +103,7 @@ class ChangeSet:
     annotations: Annotations = field(default_factory=Annotations)   # git-annex metadata
     counts: Counts = field(default_factory=Counts)
     gone: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)   # at renamed labels (Planner.renamed)
     remove_gone: bool = False
 
     @property
@@ -104,7 +112,9 @@ class ChangeSet:
 
     @property
     def removals(self) -> list[str]:
-        return self.gone if self.remove_gone else []
+        """What the commit removes: the files moved away from renamed labels, and the files
+        gone with --remove-gone."""
+        return self.moved + (self.gone if self.remove_gone else [])
 
     def close(self) -> None:
         self.entries.close()
@@ -465,38 +475,89 @@ class Planner:
         """The plan, with the files gone from the server found.
 
         A tracked file the listing did not put where it is is gone when one of its key's URLs
-        is inside the scope, was not listed, and is one the layout puts at that path (labels
-        aside, which a URL does not carry). A URL the server still lists was put at its path
+        is inside the scope, is one the layout puts at that path (labels aside, which a URL
+        does not carry), and was not listed. A URL the server still lists was put at its path
         this time, so it says nothing about this one: the same content elsewhere (another
-        session, another instance's project) keeps the file.
+        session, another instance's project, a user's copy) keeps the file. Unless it was
+        renamed: the last update put the file at that path by the labels its tables recorded,
+        and the server's labels now put it elsewhere (`renamed`); then the file is *moved*:
+        removed here in the commit that registers it at the new labels (whatever
+        --remove-gone says: the server still has it, at the new labels, with the same key).
         """
         self._annotate_left_out_unkeyed()
-        found: list[tuple[ChangeSet, str, list[str]]] = []
-        for relpath in list(self.change_sets):
-            change_set = self.change_sets[relpath]
-            tree = change_set.view.tree
+        found: list[tuple[str, str, list[tuple[str, FileLocation]]]] = []
+        for relpath in list(self.change_sets) + self._untouched_subdatasets():
+            view = self.hierarchy.view(relpath)
             candidates = [(path, key) for path, key in self._tracked_unseen(relpath).items()
-                          if not tree.is_seen(path)]
+                          if not view.tree.is_seen(path)]
             if not candidates:
                 continue
-            urls = key_urls(change_set.view.path, {key for _, key in candidates})
+            urls = key_urls(view.path, {key for _, key in candidates})
             for path, key in candidates:
                 full_path = f"{relpath}/{path}" if relpath else path
-                owned = [url for url in urls.get(key, [])
+                owned = [(url, location) for url in urls.get(key, [])
                          if (location := self.scope.location(url)) is not None
                          and self.fmt.may_hold(full_path, location)]
                 if owned:
-                    found.append((change_set, path, owned))
-        listed = self._listed({path_hash(url) for _, _, owned in found for url in owned})
-        for change_set, path, owned in found:
-            if any(path_hash(url) not in listed for url in owned):
+                    found.append((relpath, path, owned))
+        listed = self._listed({path_hash(url) for _, _, owned in found for url, _ in owned})
+        for relpath, path, owned in found:
+            full_path = f"{relpath}/{path}" if relpath else path
+            if any(path_hash(url) not in listed for url, _ in owned):
+                change_set = self.change_set(relpath)
                 change_set.gone.append(path)
                 change_set.counts.gone += 1
                 change_set.counts.removed += self.options.remove_gone
+            elif any(self.renamed(full_path, location) for _, location in owned):
+                change_set = self.change_set(relpath)
+                change_set.moved.append(path)
+                change_set.counts.moved += 1
         tables = self._changed_tables()
         if tables:
             self.change_set("")
         return Plan(self.change_sets, self.failures, self.contexts, tables)
+
+    def _untouched_subdatasets(self) -> list[str]:
+        """The installed `//` subdatasets of this instance that no listed file went to (their
+        subject or session is gone from the server, or was renamed), found through the
+        gitlinks of the datasets looked at: their files may be gone too. Another dataset
+        registered there (one of the user's, another instance's) is not looked into, nor is
+        any when the run lists some subjects or sessions only (-s, -e): the others are not
+        its to find gone, and looking into each would cost a narrowed run the whole tree."""
+        if not self.fmt.has_subdatasets or self.scope.subjects or self.scope.experiments:
+            return []
+        found: list[str] = []
+        looked = set(self.change_sets)
+        pending = list(self.change_sets)
+        while pending:
+            parent = pending.pop()
+            view = self.hierarchy.view(parent)
+            for inner in view.tree.gitlinks:
+                child = f"{parent}/{inner}" if parent else inner
+                if child in looked:
+                    continue
+                looked.add(child)
+                chain = self.fmt.datasets(child)
+                if not chain or chain[-1] != child or not self.hierarchy.installed(child):
+                    continue  # no boundary of the layout there, or nothing to look at
+                config = read_config(self.hierarchy.top / child, self.instance)
+                if config is None or config.project != self.scope.project or \
+                        normalize_base_url(config.url) != normalize_base_url(self.scope.base_url):
+                    continue
+                found.append(child)
+                pending.append(child)
+        return found
+
+    def renamed(self, path: str, location: FileLocation) -> bool:
+        """Whether the last update put the file `location` names at `path` (by the labels its
+        tables recorded) and this listing's labels put it elsewhere: its subject, session or
+        scan type was renamed on the server (XNAT keeps the ID, and so the URL). False when
+        either set of labels is not known (tables from before them, a part not walked)."""
+        before = _labels(self.old_tables, location)
+        now = _labels(self._tables.tables, location)
+        return before is not None and now is not None and before != now \
+            and self.fmt.may_hold(path, location, before) \
+            and not self.fmt.may_hold(path, location, now)
 
     def _changed_tables(self) -> dict[str, bytes]:
         """The tables (and their .gitattributes) whose content this update changes."""
@@ -520,3 +581,24 @@ class Planner:
         if not fingerprints:
             return set()
         return {fp for fp in self._listed_urls if fp in fingerprints}
+
+
+def _labels(tables: Tables, location: FileLocation) -> dict[str, str] | None:
+    """The labels the layout renders for what `location` names, as `tables` have them (a
+    missing label falls back to the ID, as PathFormat does); None when `tables` lack a row."""
+    subject = tables.subjects.get(location.subject_id) if location.subject_id else None
+    if subject is None:
+        return None  # a project's own files (no labels), or a URL of the older form
+    labels = {"subject": subject.get("subject") or location.subject_id}
+    if location.level == "subject":
+        return labels
+    session = tables.sessions.get(location.session_id)
+    if session is None:
+        return None
+    labels["session"] = session.get("session") or location.session_id
+    if location.level == "scan":
+        scan = tables.scans.get((location.session_id, location.scan_id))
+        if scan is None:
+            return None
+        labels["scan_type"] = scan.get("scan_type", "")
+    return labels

@@ -113,7 +113,9 @@ class Writer:
     def _message(self, change_set: ChangeSet) -> str:
         counts, view = change_set.counts, change_set.view
         head = (f"[DATALAD] xnat-update: {counts.added} added, {counts.changed} changed, "
-                f"{len(change_set.removals)} removed")
+                f"{len(change_set.removals) - counts.moved} removed")
+        if counts.moved:
+            head += f", {counts.moved} moved from renamed labels"
         # the top dataset's commit (with the instance's tables) speaks for the whole update
         relabelled = counts.relabelled if view.relpath or self._plan is None else \
             self._plan.totals.relabelled
@@ -124,7 +126,7 @@ class Writer:
             head += f", {updated} subdatasets updated"
         body = [f"From XNAT project {self.config.project} at {self.config.url} (instance "
                 f"'{self.config.name}', remote {self.config.remote})."]
-        if change_set.gone and not change_set.removals:
+        if change_set.gone and not change_set.remove_gone:
             body.append(f"{len(change_set.gone)} files are gone from the server and were kept.")
         if view.created:
             body.append("Subdataset created by xnat-update.")
