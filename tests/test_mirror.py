@@ -144,6 +144,24 @@ def test_a_renamed_subject_or_session_moves_its_files(level, xnat, alice, ds):
     assert run(["git", "status", "--porcelain"], cwd=ds).stdout == ""
 
 
+def test_a_rename_moves_only_what_the_update_registers_at_the_new_label(xnat, alice, ds):
+    """A renamed session's files that this run does not register at the new label (outside
+    its --scan-type selection) stay where they are: moving them would drop them."""
+    init(ds, xnat.url, "-p", "PUBLIC1")
+    update(ds, "--reckless", "fast")
+    before = tracked(ds)
+    xnat.set_session("SUBJ01_MR1", label="SUBJ01_MR1_renamed", project="PUBLIC1")
+    t1 = {f"SUBJ01/SUBJ01_MR1/{f.scan_id}/{f.path}" for f in xnat.iter_files("PUBLIC1")
+          if f.session_id == "XNAT_E00001" and f.level == "scan" and f.scan_type.startswith("T1")}
+    session = {p for p in before if p.startswith("SUBJ01/SUBJ01_MR1/")}
+    assert t1 and session > t1
+
+    summary = update(ds, "--reckless", "fast", "--scan-type", "T1*")
+    assert (summary["moved"], summary["added"], summary["gone"]) == (len(t1), len(t1), 0)
+    at_new = {p.replace("SUBJ01_MR1/", "SUBJ01_MR1_renamed/", 1) for p in t1}
+    assert tracked(ds) == (before - t1) | at_new
+
+
 def test_subject_subdatasets_no_listed_file_goes_to_are_looked_into(xnat, alice, ds):
     """With `{subject}//`, a subject deleted on the server, or renamed, leaves a subdataset no
     listed file goes to: its files are gone (removed with --remove-gone), or moved (to the

@@ -267,6 +267,7 @@ class Planner:
         self._left_out_unkeyed: list[_Unkeyed] = []   # tracked, deselected, key not listed
         self._unseen_keys: dict[str, dict[str, str]] = {}
         self._listed_urls = array("Q")  # fingerprints of every URL the server listed
+        self._placed_urls = array("Q")  # of those this run put at a path (new, changed, kept)
 
     def change_set(self, relpath: str) -> ChangeSet:
         found = self.change_sets.get(relpath)
@@ -362,6 +363,7 @@ class Planner:
         """Compare one file with what its dataset tracks, and plan what it needs (`size`:
         its content's, when it is known better than the listing's)."""
         size = record.size if size is None else size
+        self._placed_urls.append(path_hash(entry.url))
         change_set = self.change_set(rendered.dataset)
         tree, counts = change_set.view.tree, change_set.counts
         index = tree.mark_seen(entry.path)
@@ -480,9 +482,10 @@ class Planner:
         this time, so it says nothing about this one: the same content elsewhere (another
         session, another instance's project, a user's copy) keeps the file. Unless it was
         renamed: the last update put the file at that path by the labels its tables recorded,
-        and the server's labels now put it elsewhere (`renamed`); then the file is *moved*:
-        removed here in the commit that registers it at the new labels (whatever
-        --remove-gone says: the server still has it, at the new labels, with the same key).
+        the server's labels now put it elsewhere (`renamed`), and this run put it there (a
+        file outside the selection, or skipped, is not); then the file is *moved*: removed
+        here in the commit that registers it at the new labels (whatever --remove-gone says:
+        the server still has it, at the new labels, with the same key).
         """
         self._annotate_left_out_unkeyed()
         found: list[tuple[str, str, list[tuple[str, FileLocation]]]] = []
@@ -500,7 +503,9 @@ class Planner:
                          and self.fmt.may_hold(full_path, location)]
                 if owned:
                     found.append((relpath, path, owned))
-        listed = self._listed({path_hash(url) for _, _, owned in found for url, _ in owned})
+        fingerprints = {path_hash(url) for _, _, owned in found for url, _ in owned}
+        listed = _among(self._listed_urls, fingerprints)
+        placed = _among(self._placed_urls, fingerprints)
         for relpath, path, owned in found:
             full_path = f"{relpath}/{path}" if relpath else path
             if any(path_hash(url) not in listed for url, _ in owned):
@@ -508,7 +513,8 @@ class Planner:
                 change_set.gone.append(path)
                 change_set.counts.gone += 1
                 change_set.counts.removed += self.options.remove_gone
-            elif any(self.renamed(full_path, location) for _, location in owned):
+            elif any(path_hash(url) in placed and self.renamed(full_path, location)
+                     for url, location in owned):
                 change_set = self.change_set(relpath)
                 change_set.moved.append(path)
                 change_set.counts.moved += 1
@@ -576,11 +582,13 @@ class Planner:
         return {path: content for path, content in contents.items()
                 if old.raw.get(path) != content}
 
-    def _listed(self, fingerprints: set[int]) -> set[int]:
-        """Those of `fingerprints` the server listed (one pass over the flat array)."""
-        if not fingerprints:
-            return set()
-        return {fp for fp in self._listed_urls if fp in fingerprints}
+
+
+def _among(urls: array, fingerprints: set[int]) -> set[int]:
+    """Those of `fingerprints` that `urls` holds (one pass over the flat array)."""
+    if not fingerprints:
+        return set()
+    return {fp for fp in urls if fp in fingerprints}
 
 
 def _labels(tables: Tables, location: FileLocation) -> dict[str, str] | None:
