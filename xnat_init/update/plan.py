@@ -488,7 +488,7 @@ class Planner:
         the server still has it, at the new labels, with the same key).
         """
         self._annotate_left_out_unkeyed()
-        found: list[tuple[str, str, list[tuple[str, FileLocation]]]] = []
+        found: list[tuple[str, str, str, list[tuple[str, FileLocation]]]] = []
         for relpath in list(self.change_sets) + self._untouched_subdatasets():
             view = self.hierarchy.view(relpath)
             candidates = [(path, key) for path, key in self._tracked_unseen(relpath).items()
@@ -502,12 +502,11 @@ class Planner:
                          if (location := self.scope.location(url)) is not None
                          and self.fmt.may_hold(full_path, location)]
                 if owned:
-                    found.append((relpath, path, owned))
-        fingerprints = {path_hash(url) for _, _, owned in found for url, _ in owned}
+                    found.append((relpath, path, full_path, owned))
+        fingerprints = {path_hash(url) for *_, owned in found for url, _ in owned}
         listed = _among(self._listed_urls, fingerprints)
         placed = _among(self._placed_urls, fingerprints)
-        for relpath, path, owned in found:
-            full_path = f"{relpath}/{path}" if relpath else path
+        for relpath, path, full_path, owned in found:
             if any(path_hash(url) not in listed for url, _ in owned):
                 change_set = self.change_set(relpath)
                 change_set.gone.append(path)
